@@ -1,0 +1,311 @@
+//! The scalar strategy graph: named hyperparameters (lr, momentum, …) computed from
+//! schedules, constants and arithmetic, evaluated once per step in O(nodes) with no
+//! allocation. The language compiles into this; the runtime only evaluates it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::Schedule;
+
+/// Index of a node in [`ScalarGraph::nodes`].
+pub type NodeId = u32;
+
+/// Pointwise binary operation between two scalar nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `a ^ b`
+    Pow,
+    /// `min(a, b)`
+    Min,
+    /// `max(a, b)`
+    Max,
+}
+
+impl BinaryOp {
+    /// Apply the operation.
+    pub fn apply(self, a: f64, b: f64) -> f64 {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+            BinaryOp::Pow => a.powf(b),
+            BinaryOp::Min => a.min(b),
+            BinaryOp::Max => a.max(b),
+        }
+    }
+}
+
+/// One node of the graph. Children always have smaller ids than their parent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Node {
+    /// A schedule evaluated at the local step with the contextual length.
+    Schedule(Schedule),
+    /// `-x`
+    Neg(NodeId),
+    /// `op(lhs, rhs)`
+    Binary {
+        /// The operation.
+        op: BinaryOp,
+        /// Left operand.
+        lhs: NodeId,
+        /// Right operand.
+        rhs: NodeId,
+    },
+    /// Fixes the contextual length of `inner` to `len` steps (a schedule's `over:`).
+    Over {
+        /// The node whose length is fixed.
+        inner: NodeId,
+        /// Length in steps.
+        len: f64,
+    },
+    /// `first then second`: `first` for `t < first_len`, then `second` at local step
+    /// `t - first_len` with the remaining contextual length.
+    Then {
+        /// The schedule running first.
+        first: NodeId,
+        /// Where the hand-over happens, in steps.
+        first_len: f64,
+        /// The schedule taking over.
+        second: NodeId,
+    },
+    /// SGDR warm restarts (CosineAnnealingWarmRestarts): `inner` is evaluated at the
+    /// position within the current period with the period as its length; periods
+    /// are `period, period*mult, period*mult^2, …`.
+    Restarts {
+        /// The schedule restarted each period.
+        inner: NodeId,
+        /// First period in steps (`T_0`).
+        period: f64,
+        /// Period growth factor (`T_mult`), >= 1.
+        mult: f64,
+    },
+}
+
+/// A named output of the graph: one hyperparameter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScalarOutput {
+    /// The hyperparameter's name (`lr`, `momentum`, …).
+    pub name: String,
+    /// The node computing it.
+    pub node: NodeId,
+}
+
+/// A graph that fails validation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GraphError {
+    /// A node refers to a node that does not precede it.
+    #[error("node {node} refers to node {child}, which does not precede it")]
+    BadChild {
+        /// The referring node.
+        node: NodeId,
+        /// The bad reference.
+        child: NodeId,
+    },
+    /// An output refers to a node that does not exist.
+    #[error("output `{name}` refers to missing node {node}")]
+    BadOutput {
+        /// Output name.
+        name: String,
+        /// The bad reference.
+        node: NodeId,
+    },
+    /// Two outputs share a name.
+    #[error("output `{0}` is defined twice")]
+    DuplicateOutput(String),
+}
+
+/// Named scalar hyperparameters as a DAG of nodes over training progress.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScalarGraph {
+    /// Nodes, children before parents.
+    pub nodes: Vec<Node>,
+    /// Named outputs in declaration order.
+    pub outputs: Vec<ScalarOutput>,
+    /// Total length of the run in steps, if the script sets a horizon; it is the
+    /// contextual length of every output.
+    pub horizon: Option<f64>,
+}
+
+impl ScalarGraph {
+    /// An empty graph with an optional horizon (in steps).
+    pub fn new(horizon: Option<f64>) -> Self {
+        Self {
+            nodes: Vec::new(),
+            outputs: Vec::new(),
+            horizon,
+        }
+    }
+
+    /// Append a node and return its id.
+    pub fn push(&mut self, node: Node) -> NodeId {
+        let id = self.nodes.len() as NodeId;
+        self.nodes.push(node);
+        id
+    }
+
+    /// Name a node as an output.
+    pub fn add_output(&mut self, name: impl Into<String>, node: NodeId) {
+        self.outputs.push(ScalarOutput {
+            name: name.into(),
+            node,
+        });
+    }
+
+    /// The output named `name`.
+    pub fn output(&self, name: &str) -> Option<NodeId> {
+        self.outputs.iter().find(|o| o.name == name).map(|o| o.node)
+    }
+
+    /// Check that every reference points backwards and output names are unique, so
+    /// evaluation terminates and cannot index out of bounds. A deserialized graph
+    /// must pass this before it is evaluated.
+    pub fn validate(&self) -> Result<(), GraphError> {
+        for (index, node) in self.nodes.iter().enumerate() {
+            let id = index as NodeId;
+            let children: [Option<NodeId>; 2] = match node {
+                Node::Schedule(_) => [None, None],
+                Node::Neg(x) | Node::Over { inner: x, .. } | Node::Restarts { inner: x, .. } => {
+                    [Some(*x), None]
+                }
+                Node::Binary { lhs, rhs, .. } => [Some(*lhs), Some(*rhs)],
+                Node::Then { first, second, .. } => [Some(*first), Some(*second)],
+            };
+            for child in children.into_iter().flatten() {
+                if child >= id {
+                    return Err(GraphError::BadChild { node: id, child });
+                }
+            }
+        }
+        for (i, output) in self.outputs.iter().enumerate() {
+            if output.node as usize >= self.nodes.len() {
+                return Err(GraphError::BadOutput {
+                    name: output.name.clone(),
+                    node: output.node,
+                });
+            }
+            if self.outputs[..i].iter().any(|o| o.name == output.name) {
+                return Err(GraphError::DuplicateOutput(output.name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The contextual length every output starts with.
+    pub fn root_length(&self) -> f64 {
+        self.horizon.unwrap_or(f64::INFINITY)
+    }
+
+    /// Value of `node` at local step `t` with contextual length `len`.
+    pub fn eval_node(&self, node: NodeId, t: f64, len: f64) -> f64 {
+        match &self.nodes[node as usize] {
+            Node::Schedule(schedule) => schedule.value(t, len),
+            Node::Neg(x) => -self.eval_node(*x, t, len),
+            Node::Binary { op, lhs, rhs } => {
+                op.apply(self.eval_node(*lhs, t, len), self.eval_node(*rhs, t, len))
+            }
+            Node::Over { inner, len: own } => self.eval_node(*inner, t, *own),
+            Node::Then {
+                first,
+                first_len,
+                second,
+            } => {
+                if t < *first_len {
+                    self.eval_node(*first, t, *first_len)
+                } else {
+                    self.eval_node(*second, t - first_len, len - first_len)
+                }
+            }
+            Node::Restarts {
+                inner,
+                period,
+                mult,
+            } => {
+                let (position, current) = restart_position(t, *period, *mult);
+                self.eval_node(*inner, position, current)
+            }
+        }
+    }
+
+    /// Value of output `index` at step `t`.
+    pub fn eval_output(&self, index: usize, t: f64) -> f64 {
+        self.eval_node(self.outputs[index].node, t, self.root_length())
+    }
+
+    /// Evaluate every output at step `t` into `out` (one slot per output).
+    pub fn eval_into(&self, t: f64, out: &mut [f64]) {
+        let len = self.root_length();
+        for (slot, output) in out.iter_mut().zip(&self.outputs) {
+            *slot = self.eval_node(output.node, t, len);
+        }
+    }
+}
+
+/// Position within the current SGDR period and that period's length
+/// (PyTorch `CosineAnnealingWarmRestarts` closed form: `T_cur`, `T_i`).
+pub fn restart_position(t: f64, period: f64, mult: f64) -> (f64, f64) {
+    if t < period {
+        return (t, period);
+    }
+    if mult == 1.0 {
+        return (t % period, period);
+    }
+    let n = ((t / period * (mult - 1.0) + 1.0).ln() / mult.ln()).floor();
+    let mut start = period * (mult.powf(n) - 1.0) / (mult - 1.0);
+    let mut current = period * mult.powf(n);
+    // Guard the floor of a logarithm against rounding at exact period boundaries.
+    if t < start {
+        current /= mult;
+        start -= current;
+    } else if t >= start + current {
+        start += current;
+        current *= mult;
+    }
+    (t - start, current)
+}
+
+/// Steps through a graph: the serializable cursor of a run. Schedules are pure, so
+/// the cursor is the step; stateful policy nodes will keep their state here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluator {
+    graph: ScalarGraph,
+    step: u64,
+}
+
+impl Evaluator {
+    /// Start at step 0. Fails when the graph is malformed.
+    pub fn new(graph: ScalarGraph) -> Result<Self, GraphError> {
+        graph.validate()?;
+        Ok(Self { graph, step: 0 })
+    }
+
+    /// Check a deserialized evaluator before use.
+    pub fn validate(&self) -> Result<(), GraphError> {
+        self.graph.validate()
+    }
+
+    /// The graph being evaluated.
+    pub fn graph(&self) -> &ScalarGraph {
+        &self.graph
+    }
+
+    /// The step the next call to [`Evaluator::next_into`] evaluates.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Evaluate every output at the current step into `out`, then advance.
+    pub fn next_into(&mut self, out: &mut [f64]) -> u64 {
+        let step = self.step;
+        self.graph.eval_into(step as f64, out);
+        self.step += 1;
+        step
+    }
+}

@@ -1,0 +1,1 @@
+//! Regimen plugin SDK (placeholder until the plugin issue).

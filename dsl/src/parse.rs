@@ -133,7 +133,7 @@ fn children<'a>(pair: Pair<'a, Rule>) -> impl Iterator<Item = Pair<'a, Rule>> {
 
 fn describe(rule: &Rule) -> &'static str {
     match rule {
-        Rule::EOI => "end of input",
+        Rule::EOI => "end of line",
         Rule::nl | Rule::sep => "a new line",
         Rule::let_stmt | Rule::assign_stmt | Rule::directive | Rule::stmt => "a statement",
         Rule::assign_op => "`=`",
@@ -174,7 +174,7 @@ fn from_pest(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
     let end = end.max(start + found.1);
     let mut expected: Vec<&'static str> = Vec::new();
     if let pest::error::ErrorVariant::ParsingError { positives, .. } = &error.variant {
-        for rule in positives {
+        for rule in positives.iter().filter(|r| !matches!(r, Rule::COMMENT | Rule::WHITESPACE)) {
             let d = describe(rule);
             if !expected.contains(&d) {
                 expected.push(d);
@@ -182,6 +182,10 @@ fn from_pest(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
         }
     }
     let found_text = found.0;
+    let hint = parse_hint(text, start);
+    if hint.as_deref() == Some(UNCLOSED_PAREN) {
+        expected = vec!["`)`"];
+    }
     let message = match expected.as_slice() {
         [] => format!("unexpected {found_text}"),
         [one] => format!("expected {one}, found {found_text}"),
@@ -191,7 +195,7 @@ fn from_pest(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
         }
     };
     let mut diagnostic = Diagnostic::error(Span::new(start, end), message).with_label("here");
-    if let Some(help) = parse_hint(text, start) {
+    if let Some(help) = hint {
         diagnostic = diagnostic.with_help(help);
     }
     diagnostic
@@ -213,6 +217,8 @@ fn found_at(text: &str, offset: usize) -> (String, usize) {
     }
 }
 
+const UNCLOSED_PAREN: &str = "a `(` is never closed";
+
 /// Hints for common slips at the point where parsing stopped.
 fn parse_hint(text: &str, offset: usize) -> Option<String> {
     let rest = text.get(offset..).unwrap_or("");
@@ -230,7 +236,7 @@ fn parse_hint(text: &str, offset: usize) -> Option<String> {
         return None;
     }
     if rest.trim().is_empty() && before.chars().filter(|c| *c == '(').count() > before.chars().filter(|c| *c == ')').count() {
-        return Some("a `(` is never closed".to_string());
+        return Some(UNCLOSED_PAREN.to_string());
     }
     None
 }

@@ -5,9 +5,18 @@ fn main() {
         let file = regimen_dsl::SourceFile::new(path.clone(), text);
         match regimen_dsl::compile(&file, &Default::default()) {
             Ok(c) => {
-                println!("{path}: ok, {} nodes, outputs {:?}", c.graph.nodes.len(), c.graph.outputs.iter().map(|o| &o.name).collect::<Vec<_>>());
-                for w in &c.warnings { print!("{}", w.render(&file)); }
-                let t: Vec<String> = [0.0, 1.0, 10.0, 45.0, 99.0].iter().map(|s| format!("{:.6}", c.graph.eval_output(0, *s))).collect();
+                println!(
+                    "{path}: ok, {} nodes, outputs {:?}",
+                    c.graph.nodes.len(),
+                    c.graph.outputs.iter().map(|o| &o.name).collect::<Vec<_>>()
+                );
+                for w in &c.warnings {
+                    print!("{}", w.render(&file));
+                }
+                let t: Vec<String> = [0.0, 1.0, 10.0, 45.0, 99.0]
+                    .iter()
+                    .map(|s| format!("{:.6}", c.graph.eval_output(0, *s)))
+                    .collect();
                 println!("  lr: {}", t.join(" "));
             }
             Err(r) => print!("{r}"),

@@ -88,11 +88,16 @@ impl Compiled {
     }
 }
 
-/// How far a step count may go before values are no longer checked eagerly.
-const RANGE_CHECK_STEPS: u64 = 200_000;
+/// How many steps the range check evaluates per hyperparameter: every step of
+/// shorter runs, evenly spaced samples (plus the last step) of longer ones, the first
+/// steps of runs without a horizon. Keeps compiling well under a millisecond.
+const RANGE_CHECK_STEPS: u64 = 10_000;
 
 /// Compile a parsed script. Errors are every problem found, in source order.
-pub fn compile_script(script: &Script, options: &CompileOptions) -> Result<Compiled, Vec<Diagnostic>> {
+pub fn compile_script(
+    script: &Script,
+    options: &CompileOptions,
+) -> Result<Compiled, Vec<Diagnostic>> {
     let mut compiler = Compiler {
         graph: ScalarGraph::new(None),
         diagnostics: Vec::new(),
@@ -273,7 +278,10 @@ impl<'a> Compiler<'a> {
                             format!("unknown hyperparameter `{}`", target.name),
                         )
                         .with_label("not a hyperparameter");
-                        d = match closest(&target.name, KNOWN_SCALARS.iter().copied().chain(["epoch", "batch"])) {
+                        d = match closest(
+                            &target.name,
+                            KNOWN_SCALARS.iter().copied().chain(["epoch", "batch"]),
+                        ) {
                             Some(near) => d.with_help(format!("did you mean `{near}`?")),
                             None => d.with_help(format!(
                                 "known hyperparameters: {}; use `let` for your own names",
@@ -283,7 +291,8 @@ impl<'a> Compiler<'a> {
                         self.error(d);
                         continue;
                     }
-                    if let Some((_, first, _)) = assigned.iter().find(|(n, _, _)| *n == target.name) {
+                    if let Some((_, first, _)) = assigned.iter().find(|(n, _, _)| *n == target.name)
+                    {
                         let first_span = first.span;
                         self.error(duplicate(target, first_span));
                         continue;
@@ -296,11 +305,15 @@ impl<'a> Compiler<'a> {
                         if let Some(first) = &horizon {
                             let first_span = first.stmt.span;
                             self.error(
-                                Diagnostic::error(directive.keyword.span, "the horizon is set twice")
-                                    .with_label("set again here")
-                                    .with_note(first_span, "first set here"),
+                                Diagnostic::error(
+                                    directive.keyword.span,
+                                    "the horizon is set twice",
+                                )
+                                .with_label("set again here")
+                                .with_note(first_span, "first set here"),
                             );
-                        } else if let Some(item) = self.single_item(directive, "horizon 90 epochs") {
+                        } else if let Some(item) = self.single_item(directive, "horizon 90 epochs")
+                        {
                             horizon = Some(Setting { stmt, value: item });
                         }
                     } else if FUTURE_DIRECTIVES.contains(&keyword) {
@@ -401,16 +414,22 @@ impl<'a> Compiler<'a> {
             Value::Number(n) if n >= 1.0 && n.fract() == 0.0 => Some(n),
             Value::Number(n) => {
                 self.error(
-                    Diagnostic::error(expr.span, format!("the {what} must be a positive whole number, not {n}"))
-                        .with_label("out of range"),
+                    Diagnostic::error(
+                        expr.span,
+                        format!("the {what} must be a positive whole number, not {n}"),
+                    )
+                    .with_label("out of range"),
                 );
                 None
             }
             Value::Poison => None,
             other => {
                 self.error(
-                    Diagnostic::error(expr.span, format!("the {what} must be a number, found {}", other.kind()))
-                        .with_label("not a number"),
+                    Diagnostic::error(
+                        expr.span,
+                        format!("the {what} must be a number, found {}", other.kind()),
+                    )
+                    .with_label("not a number"),
                 );
                 None
             }
@@ -418,10 +437,18 @@ impl<'a> Compiler<'a> {
     }
 
     fn epoch_length(&mut self, expr: &Expr) -> Option<f64> {
-        if let ExprKind::Quantity { unit: Unit::Epochs | Unit::Percent, unit_span, .. } = &expr.kind {
+        if let ExprKind::Quantity {
+            unit: Unit::Epochs | Unit::Percent,
+            unit_span,
+            ..
+        } = &expr.kind
+        {
             self.error(
-                Diagnostic::error(*unit_span, "the epoch length must be given in steps or samples")
-                    .with_help("write it as `epoch = 390 steps`"),
+                Diagnostic::error(
+                    *unit_span,
+                    "the epoch length must be given in steps or samples",
+                )
+                .with_help("write it as `epoch = 390 steps`"),
             );
             return None;
         }
@@ -438,7 +465,11 @@ impl<'a> Compiler<'a> {
                         expr.span,
                         format!(
                             "the {what} must be {}, not {}",
-                            if allow_zero { "zero or more" } else { "greater than zero" },
+                            if allow_zero {
+                                "zero or more"
+                            } else {
+                                "greater than zero"
+                            },
                             fmt_num(steps)
                         ),
                     )
@@ -453,9 +484,14 @@ impl<'a> Compiler<'a> {
             Value::Poison => None,
             other => {
                 self.error(
-                    Diagnostic::error(expr.span, format!("the {what} must be a length, found {}", other.kind()))
-                        .with_label("not a length")
-                        .with_help("lengths are written `30 steps`, `3 epochs`, `50000 samples` or `10%`"),
+                    Diagnostic::error(
+                        expr.span,
+                        format!("the {what} must be a length, found {}", other.kind()),
+                    )
+                    .with_label("not a length")
+                    .with_help(
+                        "lengths are written `30 steps`, `3 epochs`, `50000 samples` or `10%`",
+                    ),
                 );
                 None
             }
@@ -471,8 +507,11 @@ impl<'a> Compiler<'a> {
                     Value::Number(*value)
                 } else {
                     self.error(
-                        Diagnostic::error(expr.span, format!("the number `{text}` is out of range"))
-                            .with_label("too large for a 64-bit float"),
+                        Diagnostic::error(
+                            expr.span,
+                            format!("the number `{text}` is out of range"),
+                        )
+                        .with_label("too large for a 64-bit float"),
                     );
                     Value::Poison
                 }
@@ -480,7 +519,11 @@ impl<'a> Compiler<'a> {
             ExprKind::Str(s) => Value::Str(s.clone()),
             ExprKind::Ident(name) => self.lookup(name, expr.span),
             ExprKind::Paren(inner) => self.value(inner),
-            ExprKind::Quantity { value, unit, unit_span } => {
+            ExprKind::Quantity {
+                value,
+                unit,
+                unit_span,
+            } => {
                 let amount = match self.value(value) {
                     Value::Number(n) => n,
                     Value::Poison => return Value::Poison,
@@ -490,13 +533,19 @@ impl<'a> Compiler<'a> {
                     }
                     other => {
                         self.error(
-                            Diagnostic::error(value.span, format!("a length needs a number before its unit, found {}", other.kind()))
-                                .with_label("not a number"),
+                            Diagnostic::error(
+                                value.span,
+                                format!(
+                                    "a length needs a number before its unit, found {}",
+                                    other.kind()
+                                ),
+                            )
+                            .with_label("not a number"),
                         );
                         return Value::Poison;
                     }
                 };
-                match self.to_steps(amount, *unit, *unit_span) {
+                match self.steps_of(amount, *unit, *unit_span) {
                     Some(steps) => Value::Duration(steps),
                     None => Value::Poison,
                 }
@@ -504,7 +553,11 @@ impl<'a> Compiler<'a> {
             ExprKind::List(items) => {
                 Value::List(items.iter().map(|i| (self.value(i), i.span)).collect())
             }
-            ExprKind::Range { from, to, both_ways } => {
+            ExprKind::Range {
+                from,
+                to,
+                both_ways,
+            } => {
                 let from_v = self.number(from, "the start of a range");
                 let to_v = self.number(to, "the end of a range");
                 match (from_v, to_v) {
@@ -523,7 +576,10 @@ impl<'a> Compiler<'a> {
                     Value::Schedule(Sched { node, ..s })
                 }
                 Value::Duration(_) => {
-                    self.error(Diagnostic::error(expr.span, "a length cannot be negative").with_label("negative length"));
+                    self.error(
+                        Diagnostic::error(expr.span, "a length cannot be negative")
+                            .with_label("negative length"),
+                    );
                     Value::Poison
                 }
                 other => self.not_arithmetic(other, inner.span),
@@ -540,7 +596,7 @@ impl<'a> Compiler<'a> {
                 };
                 self.binary(op, (l, lhs.span), (r, rhs.span), expr.span)
             }
-            ExprKind::Then(parts) => self.then(parts, expr.span),
+            ExprKind::Then(parts) => self.then(parts),
             ExprKind::Call { name, args } => self.call(name, args, expr.span),
         }
     }
@@ -593,7 +649,8 @@ impl<'a> Compiler<'a> {
     }
 
     fn unknown_name(&mut self, name: &str, span: Span) {
-        let mut d = Diagnostic::error(span, format!("unknown name `{name}`")).with_label("not defined");
+        let mut d =
+            Diagnostic::error(span, format!("unknown name `{name}`")).with_label("not defined");
         let lets: Vec<&str> = self.lets.keys().map(|k| k.as_str()).collect();
         if let Some(near) = closest(name, lets.iter().copied()) {
             d = d.with_help(format!("did you mean `{near}`?"));
@@ -610,14 +667,17 @@ impl<'a> Compiler<'a> {
             Value::Poison => {}
             Value::Symbol(name) => self.unknown_name(&name, span),
             other => self.error(
-                Diagnostic::error(span, format!("expected a number or a schedule, found {}", other.kind()))
-                    .with_label("cannot be used in arithmetic"),
+                Diagnostic::error(
+                    span,
+                    format!("expected a number or a schedule, found {}", other.kind()),
+                )
+                .with_label("cannot be used in arithmetic"),
             ),
         }
         Value::Poison
     }
 
-    fn to_steps(&mut self, amount: f64, unit: Unit, span: Span) -> Option<f64> {
+    fn steps_of(&mut self, amount: f64, unit: Unit, span: Span) -> Option<f64> {
         match unit {
             Unit::Steps => Some(amount),
             Unit::Epochs => match self.steps_per_epoch {
@@ -666,8 +726,11 @@ impl<'a> Compiler<'a> {
             }
             other => {
                 self.error(
-                    Diagnostic::error(expr.span, format!("{what} must be a number, found {}", other.kind()))
-                        .with_label("not a number"),
+                    Diagnostic::error(
+                        expr.span,
+                        format!("{what} must be a number, found {}", other.kind()),
+                    )
+                    .with_label("not a number"),
                 );
                 None
             }
@@ -676,7 +739,9 @@ impl<'a> Compiler<'a> {
 
     fn const_node(&mut self, value: f64) -> Sched {
         Sched {
-            node: self.graph.push(Node::Schedule(Schedule::Constant { value })),
+            node: self
+                .graph
+                .push(Node::Schedule(Schedule::Constant { value })),
             len: None,
             needs_len: None,
         }
@@ -693,7 +758,13 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn binary(&mut self, op: BinaryOp, (l, ls): (Value, Span), (r, rs): (Value, Span), span: Span) -> Value {
+    fn binary(
+        &mut self,
+        op: BinaryOp,
+        (l, ls): (Value, Span),
+        (r, rs): (Value, Span),
+        span: Span,
+    ) -> Value {
         match (l, r) {
             (Value::Poison, _) | (_, Value::Poison) => Value::Poison,
             (Value::Number(a), Value::Number(b)) => {
@@ -701,25 +772,41 @@ impl<'a> Compiler<'a> {
                 if v.is_finite() {
                     Value::Number(v)
                 } else {
-                    let why = if op == BinaryOp::Div && b == 0.0 { "division by zero" } else { "the result is not a finite number" };
+                    let why = if op == BinaryOp::Div && b == 0.0 {
+                        "division by zero"
+                    } else {
+                        "the result is not a finite number"
+                    };
                     self.error(Diagnostic::error(span, why.to_string()).with_label("not finite"));
                     Value::Poison
                 }
             }
-            (Value::Duration(a), Value::Duration(b)) if matches!(op, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Min | BinaryOp::Max) => {
+            (Value::Duration(a), Value::Duration(b))
+                if matches!(
+                    op,
+                    BinaryOp::Add | BinaryOp::Sub | BinaryOp::Min | BinaryOp::Max
+                ) =>
+            {
                 Value::Duration(op.apply(a, b))
             }
-            (Value::Duration(a), Value::Number(b)) if matches!(op, BinaryOp::Mul | BinaryOp::Div) => {
+            (Value::Duration(a), Value::Number(b))
+                if matches!(op, BinaryOp::Mul | BinaryOp::Div) =>
+            {
                 let v = op.apply(a, b);
                 if v.is_finite() {
                     Value::Duration(v)
                 } else {
-                    self.error(Diagnostic::error(span, "division by zero").with_label("not finite"));
+                    self.error(
+                        Diagnostic::error(span, "division by zero").with_label("not finite"),
+                    );
                     Value::Poison
                 }
             }
             (Value::Number(a), Value::Duration(b)) if op == BinaryOp::Mul => Value::Duration(a * b),
-            (l @ (Value::Schedule(_) | Value::Number(_)), r @ (Value::Schedule(_) | Value::Number(_))) => {
+            (
+                l @ (Value::Schedule(_) | Value::Number(_)),
+                r @ (Value::Schedule(_) | Value::Number(_)),
+            ) => {
                 let (Some(a), Some(b)) = (self.as_sched(l, ls), self.as_sched(r, rs)) else {
                     return Value::Poison;
                 };
@@ -734,7 +821,9 @@ impl<'a> Compiler<'a> {
                     (None, None) => None,
                 };
                 // A constant operand never ends a schedule early.
-                let len = if a.len.is_none() && self.is_const(a.node) || b.len.is_none() && self.is_const(b.node) {
+                let len = if a.len.is_none() && self.is_const(a.node)
+                    || b.len.is_none() && self.is_const(b.node)
+                {
                     a.len.or(b.len)
                 } else {
                     len.filter(|_| a.len.is_some() && b.len.is_some())
@@ -746,14 +835,21 @@ impl<'a> Compiler<'a> {
                 })
             }
             (l, r) => {
-                let (bad, bad_span) = if matches!(l, Value::Number(_) | Value::Schedule(_)) { (r, rs) } else { (l, ls) };
+                let (bad, bad_span) = if matches!(l, Value::Number(_) | Value::Schedule(_)) {
+                    (r, rs)
+                } else {
+                    (l, ls)
+                };
                 if let Value::Symbol(name) = &bad {
                     self.unknown_name(name, bad_span);
                 } else {
                     self.error(
-                        Diagnostic::error(span, format!("cannot apply `{}` to {}", op_symbol(op), bad.kind()))
-                            .with_label("unsupported operands")
-                            .with_note(bad_span, bad.kind()),
+                        Diagnostic::error(
+                            span,
+                            format!("cannot apply `{}` to {}", op_symbol(op), bad.kind()),
+                        )
+                        .with_label("unsupported operands")
+                        .with_note(bad_span, bad.kind()),
                     );
                 }
                 Value::Poison
@@ -762,10 +858,13 @@ impl<'a> Compiler<'a> {
     }
 
     fn is_const(&self, node: NodeId) -> bool {
-        matches!(self.graph.nodes.get(node as usize), Some(Node::Schedule(Schedule::Constant { .. })))
+        matches!(
+            self.graph.nodes.get(node as usize),
+            Some(Node::Schedule(Schedule::Constant { .. }))
+        )
     }
 
-    fn then(&mut self, parts: &[Expr], span: Span) -> Value {
+    fn then(&mut self, parts: &[Expr]) -> Value {
         let mut compiled = Vec::with_capacity(parts.len());
         let mut poisoned = false;
         for part in parts {
@@ -810,9 +909,8 @@ impl<'a> Compiler<'a> {
             acc = Sched {
                 node,
                 len: acc.len.map(|l| l + first_len),
-                needs_len: acc.needs_len.map(|(s, what)| (s, what)),
+                needs_len: acc.needs_len,
             };
-            let _ = span;
         }
         Value::Schedule(acc)
     }
@@ -829,16 +927,25 @@ impl<'a> Compiler<'a> {
             Value::Schedule(s) => s,
             Value::Duration(_) => {
                 self.error(
-                    Diagnostic::error(span, format!("`{name}` must be a number or a schedule, found a length"))
-                        .with_label("a length, not a value")
-                        .with_help("drop the unit"),
+                    Diagnostic::error(
+                        span,
+                        format!("`{name}` must be a number or a schedule, found a length"),
+                    )
+                    .with_label("a length, not a value")
+                    .with_help("drop the unit"),
                 );
                 return None;
             }
             other => {
                 self.error(
-                    Diagnostic::error(span, format!("`{name}` must be a number or a schedule, found {}", other.kind()))
-                        .with_label("not a value"),
+                    Diagnostic::error(
+                        span,
+                        format!(
+                            "`{name}` must be a number or a schedule, found {}",
+                            other.kind()
+                        ),
+                    )
+                    .with_label("not a value"),
                 );
                 return None;
             }
@@ -848,9 +955,12 @@ impl<'a> Compiler<'a> {
                 None if self.horizon_failed => return None,
                 None => {
                     self.error(
-                        Diagnostic::error(*needing, format!("`{function}` needs a length, but none is known here"))
-                            .with_label("how long?")
-                            .with_help("give it `over: …`, or set the run's length with `horizon …`"),
+                        Diagnostic::error(
+                            *needing,
+                            format!("`{function}` needs a length, but none is known here"),
+                        )
+                        .with_label("how long?")
+                        .with_help("give it `over: …`, or set the run's length with `horizon …`"),
                     );
                     return None;
                 }
@@ -877,7 +987,9 @@ impl<'a> Compiler<'a> {
     /// Contextual length left for the last part of a `then` chain rooted at `node`.
     fn remaining_after_handover(&self, node: NodeId, len: f64) -> Option<f64> {
         match self.graph.nodes.get(node as usize)? {
-            Node::Then { first_len, second, .. } => {
+            Node::Then {
+                first_len, second, ..
+            } => {
                 let rest = len - first_len;
                 Some(self.remaining_after_handover(*second, rest).unwrap_or(rest))
             }
@@ -912,7 +1024,11 @@ impl<'a> Compiler<'a> {
             base,
             max,
             pct_start,
-            anneal: if anneal == "linear" { Anneal::Linear } else { Anneal::Cos },
+            anneal: if anneal == "linear" {
+                Anneal::Linear
+            } else {
+                Anneal::Cos
+            },
             three_phase,
         }));
         Some(match over {
@@ -922,17 +1038,27 @@ impl<'a> Compiler<'a> {
     }
 
     fn check_ranges(&mut self, assigned: &[(&'a str, &'a Stmt, &'a Expr)]) {
-        let steps = self
+        let total = self
             .graph
             .horizon
-            .map_or(RANGE_CHECK_STEPS, |h| (h.ceil() as u64).min(RANGE_CHECK_STEPS));
+            .map_or(RANGE_CHECK_STEPS, |h| h.ceil() as u64);
+        let stride = total.div_ceil(RANGE_CHECK_STEPS).max(1);
+        let probes: Vec<u64> = (0..total)
+            .step_by(stride as usize)
+            .chain(total.checked_sub(1))
+            .collect();
         let len = self.graph.root_length();
-        for (index, output) in self.graph.outputs.clone().iter().enumerate() {
+        for output in self.graph.outputs.clone().iter() {
             let span = assigned
                 .iter()
                 .find(|(n, _, _)| *n == output.name)
                 .map(|(_, _, e)| e.span)
-                .or_else(|| assigned.iter().find(|(n, _, _)| *n == "lr").map(|(_, _, e)| e.span))
+                .or_else(|| {
+                    assigned
+                        .iter()
+                        .find(|(n, _, _)| *n == "lr")
+                        .map(|(_, _, e)| e.span)
+                })
                 .unwrap_or_default();
             let (low, high, high_open, rule) = match output.name.as_str() {
                 "momentum" | "dampening" => (0.0, 1.0, false, "between 0 and 1"),
@@ -940,8 +1066,7 @@ impl<'a> Compiler<'a> {
                 "eps" => (f64::MIN_POSITIVE, f64::INFINITY, false, "greater than zero"),
                 _ => (0.0, f64::INFINITY, false, "zero or more"),
             };
-            let _ = index;
-            for t in 0..steps {
+            for &t in &probes {
                 let v = self.graph.eval_node(output.node, t as f64, len);
                 let bad = !v.is_finite() || v < low || v > high || (high_open && v >= high);
                 if bad {
@@ -982,7 +1107,8 @@ impl<'a> Compiler<'a> {
             "min" | "max" => self.call_min_max(name, args, span),
             "clamp" => self.call_clamp(name, args, span),
             other => {
-                let mut d = Diagnostic::error(name.span, format!("unknown function `{other}`")).with_label("not a schedule or function");
+                let mut d = Diagnostic::error(name.span, format!("unknown function `{other}`"))
+                    .with_label("not a schedule or function");
                 if let Some(near) = closest(other, FUNCTIONS.iter().copied()) {
                     d = d.with_help(format!("did you mean `{near}`?"));
                 } else {
@@ -1000,7 +1126,13 @@ impl<'a> Compiler<'a> {
     }
 
     /// Match call arguments to `params` (positional in order, then by name).
-    fn bind(&mut self, function: &Ident, args: &[Arg], params: &[&'static str], span: Span) -> Option<Bound> {
+    fn bind(
+        &mut self,
+        function: &Ident,
+        args: &[Arg],
+        params: &[&'static str],
+        span: Span,
+    ) -> Option<Bound> {
         let mut slots: Vec<Option<(Value, Span, Span)>> = vec![None; params.len()];
         let mut ok = true;
         let mut positional = 0usize;
@@ -1010,18 +1142,32 @@ impl<'a> Compiler<'a> {
                 None => {
                     if seen_named {
                         self.error(
-                            Diagnostic::error(arg.value.span, "positional argument after a named one")
-                                .with_label("give it a name")
-                                .with_help(format!("`{}` takes: {}", function.name, params.join(", "))),
+                            Diagnostic::error(
+                                arg.value.span,
+                                "positional argument after a named one",
+                            )
+                            .with_label("give it a name")
+                            .with_help(format!(
+                                "`{}` takes: {}",
+                                function.name,
+                                params.join(", ")
+                            )),
                         );
                         ok = false;
                         continue;
                     }
                     let Some(i) = (positional < params.len()).then_some(positional) else {
                         self.error(
-                            Diagnostic::error(arg.value.span, format!("`{}` takes at most {} arguments", function.name, params.len()))
-                                .with_label("one too many")
-                                .with_help(format!("its parameters are: {}", params.join(", "))),
+                            Diagnostic::error(
+                                arg.value.span,
+                                format!(
+                                    "`{}` takes at most {} arguments",
+                                    function.name,
+                                    params.len()
+                                ),
+                            )
+                            .with_label("one too many")
+                            .with_help(format!("its parameters are: {}", params.join(", "))),
                         );
                         ok = false;
                         continue;
@@ -1041,7 +1187,10 @@ impl<'a> Compiler<'a> {
                             .with_label("unknown argument");
                             d = match closest(&name.name, params.iter().copied()) {
                                 Some(near) => d.with_help(format!("did you mean `{near}`?")),
-                                None => d.with_help(format!("its parameters are: {}", params.join(", "))),
+                                None => d.with_help(format!(
+                                    "its parameters are: {}",
+                                    params.join(", ")
+                                )),
                             };
                             self.error(d);
                             self.value(&arg.value);
@@ -1051,13 +1200,19 @@ impl<'a> Compiler<'a> {
                     }
                 }
             };
-            let arg_span = arg.name.as_ref().map_or(arg.value.span, |n| n.span.join(arg.value.span));
+            let arg_span = arg
+                .name
+                .as_ref()
+                .map_or(arg.value.span, |n| n.span.join(arg.value.span));
             if let Some((_, _, first)) = &slots[index] {
                 let first = *first;
                 self.error(
-                    Diagnostic::error(arg_span, format!("argument `{}` is given twice", params[index]))
-                        .with_label("again here")
-                        .with_note(first, "first given here"),
+                    Diagnostic::error(
+                        arg_span,
+                        format!("argument `{}` is given twice", params[index]),
+                    )
+                    .with_label("again here")
+                    .with_note(first, "first given here"),
                 );
                 ok = false;
                 continue;
@@ -1111,7 +1266,15 @@ impl<'a> Compiler<'a> {
         let every = b.length(self, "every", None);
         let factor = b.positive(self, "factor", Some(0.1));
         let over = b.opt_length(self, "over");
-        self.finish(&b, Schedule::Step { init: init?, every: every?, factor: factor? }, over)
+        self.finish(
+            &b,
+            Schedule::Step {
+                init: init?,
+                every: every?,
+                factor: factor?,
+            },
+            over,
+        )
     }
 
     fn call_multistep(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
@@ -1120,10 +1283,24 @@ impl<'a> Compiler<'a> {
         let milestones = b.length_list(self, "at");
         let factor = b.positive(self, "factor", Some(0.1));
         let over = b.opt_length(self, "over");
-        self.finish(&b, Schedule::MultiStep { init: init?, milestones: milestones?, factor: factor? }, over)
+        self.finish(
+            &b,
+            Schedule::MultiStep {
+                init: init?,
+                milestones: milestones?,
+                factor: factor?,
+            },
+            over,
+        )
     }
 
-    fn call_exponential(&mut self, name: &Ident, args: &[Arg], span: Span, inverse: bool) -> Option<Value> {
+    fn call_exponential(
+        &mut self,
+        name: &Ident,
+        args: &[Arg],
+        span: Span,
+        inverse: bool,
+    ) -> Option<Value> {
         let params: &[&str] = if inverse {
             &["init", "rate", "every", "staircase", "over"]
         } else {
@@ -1131,29 +1308,51 @@ impl<'a> Compiler<'a> {
         };
         let mut b = self.bind(name, args, params, span)?;
         let init = b.number(self, "init", None);
-        let rate = if inverse { b.non_negative(self, "rate", None) } else { b.positive(self, "factor", None) };
+        let rate = if inverse {
+            b.non_negative(self, "rate", None)
+        } else {
+            b.positive(self, "factor", None)
+        };
         let every = b.length(self, "every", Some(1.0));
         let staircase = b.bool(self, "staircase", false);
         let over = b.opt_length(self, "over");
         let (init, rate, every) = (init?, rate?, every?);
         let schedule = if inverse {
-            Schedule::InverseTime { init, rate, every, staircase }
+            Schedule::InverseTime {
+                init,
+                rate,
+                every,
+                staircase,
+            }
         } else {
-            Schedule::Exponential { init, factor: rate, every, staircase }
+            Schedule::Exponential {
+                init,
+                factor: rate,
+                every,
+                staircase,
+            }
         };
         self.finish(&b, schedule, over)
     }
 
     fn call_anneal(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
         let polynomial = name.name == "polynomial";
-        let params: &[&str] = if polynomial { &["range", "over", "power"] } else { &["range", "over"] };
+        let params: &[&str] = if polynomial {
+            &["range", "over", "power"]
+        } else {
+            &["range", "over"]
+        };
         let mut b = self.bind(name, args, params, span)?;
         let (from, to) = b.range(self, "range", name.name == "cosine" || polynomial)?;
         let over = b.opt_length(self, "over");
         let schedule = match name.name.as_str() {
             "linear" => Schedule::Linear { from, to },
             "cosine" => Schedule::Cosine { from, to },
-            _ => Schedule::Polynomial { from, to, power: b.non_negative(self, "power", Some(1.0))? },
+            _ => Schedule::Polynomial {
+                from,
+                to,
+                power: b.non_negative(self, "power", Some(1.0))?,
+            },
         };
         self.finish(&b, schedule, over)
     }
@@ -1175,14 +1374,23 @@ impl<'a> Compiler<'a> {
             pct_start: pct_start?,
             div_factor: div_factor?,
             final_div_factor: final_div_factor?,
-            anneal: if anneal? == "linear" { Anneal::Linear } else { Anneal::Cos },
+            anneal: if anneal? == "linear" {
+                Anneal::Linear
+            } else {
+                Anneal::Cos
+            },
             three_phase,
         };
         self.finish(&b, schedule, over)
     }
 
     fn call_onecycle_momentum(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
-        let mut b = self.bind(name, args, &["base", "max", "over", "pct_start", "anneal", "three_phase"], span)?;
+        let mut b = self.bind(
+            name,
+            args,
+            &["base", "max", "over", "pct_start", "anneal", "three_phase"],
+            span,
+        )?;
         let base = b.fraction_number(self, "base", 0.85);
         let max = b.fraction_number(self, "max", 0.95);
         let over = b.opt_length(self, "over");
@@ -1193,21 +1401,35 @@ impl<'a> Compiler<'a> {
             base: base?,
             max: max?,
             pct_start: pct_start?,
-            anneal: if anneal? == "linear" { Anneal::Linear } else { Anneal::Cos },
+            anneal: if anneal? == "linear" {
+                Anneal::Linear
+            } else {
+                Anneal::Cos
+            },
             three_phase,
         };
         self.finish(&b, schedule, over)
     }
 
     fn call_cyclic(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
-        let mut b = self.bind(name, args, &["range", "half", "down", "mode", "gamma", "over"], span)?;
+        let mut b = self.bind(
+            name,
+            args,
+            &["range", "half", "down", "mode", "gamma", "over"],
+            span,
+        )?;
         let range = b.cycle_range(self, "range");
         let up = b.length(self, "half", None);
         let down = match b.opt_length(self, "down") {
             Some(d) => Some(d),
             None => up,
         };
-        let mode = b.choice(self, "mode", &["triangular", "triangular2", "exp_range"], "triangular");
+        let mode = b.choice(
+            self,
+            "mode",
+            &["triangular", "triangular2", "exp_range"],
+            "triangular",
+        );
         let gamma = b.positive(self, "gamma", Some(1.0));
         let over = b.opt_length(self, "over");
         let (low, high) = range?;
@@ -1216,7 +1438,17 @@ impl<'a> Compiler<'a> {
             "exp_range" => CyclicMode::ExpRange { gamma: gamma? },
             _ => CyclicMode::Triangular,
         };
-        self.finish(&b, Schedule::Cyclic { low, high, up: up?, down: down?, mode }, over)
+        self.finish(
+            &b,
+            Schedule::Cyclic {
+                low,
+                high,
+                up: up?,
+                down: down?,
+                mode,
+            },
+            over,
+        )
     }
 
     fn call_restarts(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
@@ -1226,7 +1458,10 @@ impl<'a> Compiler<'a> {
         let mult = b.number(self, "mult", Some(1.0));
         if let (Some(m), Some(s)) = (mult, b.span_of("mult")) {
             if m < 1.0 {
-                self.error(Diagnostic::error(s, format!("`mult` must be at least 1, not {}", fmt_num(m))).with_label("out of range"));
+                self.error(
+                    Diagnostic::error(s, format!("`mult` must be at least 1, not {}", fmt_num(m)))
+                        .with_label("out of range"),
+                );
                 return None;
             }
         }
@@ -1244,7 +1479,11 @@ impl<'a> Compiler<'a> {
             period: period?,
             mult: mult?,
         });
-        Some(Value::Schedule(Sched { node, len: None, needs_len: None }))
+        Some(Value::Schedule(Sched {
+            node,
+            len: None,
+            needs_len: None,
+        }))
     }
 
     fn call_inverse_sqrt(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
@@ -1260,19 +1499,37 @@ impl<'a> Compiler<'a> {
             None => {
                 self.error(
                     Diagnostic::error(span, "`inverse_sqrt` without warmup needs a `timescale:`")
-                        .with_help("e.g. `inverse_sqrt(0.001, warmup: 0 steps, timescale: 1000 steps)`"),
+                        .with_help(
+                            "e.g. `inverse_sqrt(0.001, warmup: 0 steps, timescale: 1000 steps)`",
+                        ),
                 );
                 return None;
             }
         };
-        self.finish(&b, Schedule::InverseSqrt { peak: peak?, warmup, timescale }, over)
+        self.finish(
+            &b,
+            Schedule::InverseSqrt {
+                peak: peak?,
+                warmup,
+                timescale,
+            },
+            over,
+        )
     }
 
     fn call_wsd(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
         let mut b = self.bind(
             name,
             args,
-            &["peak", "warmup", "decay", "stable", "min_ratio", "warmup_type", "decay_type"],
+            &[
+                "peak",
+                "warmup",
+                "decay",
+                "stable",
+                "min_ratio",
+                "warmup_type",
+                "decay_type",
+            ],
             span,
         )?;
         let peak = b.number(self, "peak", None);
@@ -1307,7 +1564,11 @@ impl<'a> Compiler<'a> {
         let values = b.number_list(self, "values");
         let points = b.length_list_allow_zero(self, "at", name.name == "piecewise_linear");
         let (values, points) = (values?, points?);
-        let expected = if name.name == "piecewise" { points.len() + 1 } else { points.len() };
+        let expected = if name.name == "piecewise" {
+            points.len() + 1
+        } else {
+            points.len()
+        };
         if values.len() != expected {
             let rule = if name.name == "piecewise" {
                 "one more value than boundaries"
@@ -1317,14 +1578,22 @@ impl<'a> Compiler<'a> {
             self.error(
                 Diagnostic::error(
                     b.span_of("values").unwrap_or(span),
-                    format!("`{}` needs {rule}: {} values for {} points", name.name, values.len(), points.len()),
+                    format!(
+                        "`{}` needs {rule}: {} values for {} points",
+                        name.name,
+                        values.len(),
+                        points.len()
+                    ),
                 )
                 .with_label("wrong number of values"),
             );
             return None;
         }
         let schedule = if name.name == "piecewise" {
-            Schedule::PiecewiseConstant { boundaries: points, values }
+            Schedule::PiecewiseConstant {
+                boundaries: points,
+                values,
+            }
         } else {
             Schedule::PiecewiseLinear { points, values }
         };
@@ -1332,18 +1601,28 @@ impl<'a> Compiler<'a> {
     }
 
     fn call_min_max(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
-        let op = if name.name == "min" { BinaryOp::Min } else { BinaryOp::Max };
+        let op = if name.name == "min" {
+            BinaryOp::Min
+        } else {
+            BinaryOp::Max
+        };
         if let Some(named) = args.iter().find_map(|a| a.name.as_ref()) {
             self.error(
-                Diagnostic::error(named.span, format!("`{}` takes positional arguments only", name.name))
-                    .with_label("no names here"),
+                Diagnostic::error(
+                    named.span,
+                    format!("`{}` takes positional arguments only", name.name),
+                )
+                .with_label("no names here"),
             );
             return None;
         }
         if args.len() < 2 {
             self.error(
-                Diagnostic::error(span, format!("`{}` needs at least two arguments", name.name))
-                    .with_help(format!("e.g. `{}(cosine(0.1 -> 0), 0.05)`", name.name)),
+                Diagnostic::error(
+                    span,
+                    format!("`{}` needs at least two arguments", name.name),
+                )
+                .with_help(format!("e.g. `{}(cosine(0.1 -> 0), 0.05)`", name.name)),
             );
             return None;
         }
@@ -1352,7 +1631,10 @@ impl<'a> Compiler<'a> {
             let v = self.value(&arg.value);
             acc = Some(match acc {
                 None => (v, arg.value.span),
-                Some((a, a_span)) => (self.binary(op, (a, a_span), (v, arg.value.span), span), a_span.join(arg.value.span)),
+                Some((a, a_span)) => (
+                    self.binary(op, (a, a_span), (v, arg.value.span), span),
+                    a_span.join(arg.value.span),
+                ),
             });
         }
         acc.map(|(v, _)| v)
@@ -1366,13 +1648,30 @@ impl<'a> Compiler<'a> {
         let ((value, value_span), low, high) = (value?, low?, high?);
         if low > high {
             self.error(
-                Diagnostic::error(span, format!("`clamp` bounds are reversed: min {} > max {}", fmt_num(low), fmt_num(high)))
-                    .with_label("empty range"),
+                Diagnostic::error(
+                    span,
+                    format!(
+                        "`clamp` bounds are reversed: min {} > max {}",
+                        fmt_num(low),
+                        fmt_num(high)
+                    ),
+                )
+                .with_label("empty range"),
             );
             return None;
         }
-        let lower = self.binary(BinaryOp::Max, (value, value_span), (Value::Number(low), span), span);
-        Some(self.binary(BinaryOp::Min, (lower, span), (Value::Number(high), span), span))
+        let lower = self.binary(
+            BinaryOp::Max,
+            (value, value_span),
+            (Value::Number(low), span),
+            span,
+        );
+        Some(self.binary(
+            BinaryOp::Min,
+            (lower, span),
+            (Value::Number(high), span),
+            span,
+        ))
     }
 }
 
@@ -1402,7 +1701,10 @@ struct Bound {
 
 impl Bound {
     fn index(&self, param: &str) -> usize {
-        self.params.iter().position(|p| *p == param).unwrap_or(usize::MAX)
+        self.params
+            .iter()
+            .position(|p| *p == param)
+            .unwrap_or(usize::MAX)
     }
 
     fn span_of(&self, param: &str) -> Option<Span> {
@@ -1410,7 +1712,10 @@ impl Bound {
     }
 
     fn get(&self, param: &str) -> Option<(Value, Span)> {
-        self.slots.get(self.index(param))?.as_ref().map(|(v, s, _)| (v.clone(), *s))
+        self.slots
+            .get(self.index(param))?
+            .as_ref()
+            .map(|(v, s, _)| (v.clone(), *s))
     }
 
     fn fail(&mut self, c: &mut Compiler<'_>, diagnostic: Diagnostic) -> Option<f64> {
@@ -1421,9 +1726,12 @@ impl Bound {
 
     fn missing(&mut self, c: &mut Compiler<'_>, param: &str, example: &str) {
         c.error(
-            Diagnostic::error(self.call_span, format!("`{}` is missing its `{param}` argument", self.function))
-                .with_label(format!("needs `{param}`"))
-                .with_help(format!("add `{param}: {example}`")),
+            Diagnostic::error(
+                self.call_span,
+                format!("`{}` is missing its `{param}` argument", self.function),
+            )
+            .with_label(format!("needs `{param}`"))
+            .with_help(format!("add `{param}: {example}`")),
         );
         self.ok = false;
     }
@@ -1457,21 +1765,38 @@ impl Bound {
             }
             (Some((Value::Duration(_), span)), _) => self.fail(
                 c,
-                Diagnostic::error(span, format!("`{param}` of `{}` is a plain number, not a length", self.function))
-                    .with_label("drop the unit"),
+                Diagnostic::error(
+                    span,
+                    format!(
+                        "`{param}` of `{}` is a plain number, not a length",
+                        self.function
+                    ),
+                )
+                .with_label("drop the unit"),
             ),
             (Some((other, span)), _) => self.fail(
                 c,
                 Diagnostic::error(
                     span,
-                    format!("`{param}` of `{}` must be a constant number, found {}", self.function, other.kind()),
+                    format!(
+                        "`{param}` of `{}` must be a constant number, found {}",
+                        self.function,
+                        other.kind()
+                    ),
                 )
                 .with_label("not a constant number"),
             ),
         }
     }
 
-    fn checked(&mut self, c: &mut Compiler<'_>, param: &str, default: Option<f64>, ok: impl Fn(f64) -> bool, rule: &str) -> Option<f64> {
+    fn checked(
+        &mut self,
+        c: &mut Compiler<'_>,
+        param: &str,
+        default: Option<f64>,
+        ok: impl Fn(f64) -> bool,
+        rule: &str,
+    ) -> Option<f64> {
         let n = self.number(c, param, default)?;
         if ok(n) {
             return Some(n);
@@ -1479,7 +1804,11 @@ impl Bound {
         let span = self.span_of(param).unwrap_or(self.call_span);
         self.fail(
             c,
-            Diagnostic::error(span, format!("`{param}` must be {rule}, not {}", fmt_num(n))).with_label("out of range"),
+            Diagnostic::error(
+                span,
+                format!("`{param}` must be {rule}, not {}", fmt_num(n)),
+            )
+            .with_label("out of range"),
         )
     }
 
@@ -1487,30 +1816,61 @@ impl Bound {
         self.checked(c, param, default, |n| n > 0.0, "greater than zero")
     }
 
-    fn non_negative(&mut self, c: &mut Compiler<'_>, param: &str, default: Option<f64>) -> Option<f64> {
+    fn non_negative(
+        &mut self,
+        c: &mut Compiler<'_>,
+        param: &str,
+        default: Option<f64>,
+    ) -> Option<f64> {
         self.checked(c, param, default, |n| n >= 0.0, "zero or more")
     }
 
     fn fraction(&mut self, c: &mut Compiler<'_>, param: &str, default: f64) -> Option<f64> {
-        self.checked(c, param, Some(default), |n| n > 0.0 && n < 1.0, "strictly between 0 and 1")
+        self.checked(
+            c,
+            param,
+            Some(default),
+            |n| n > 0.0 && n < 1.0,
+            "strictly between 0 and 1",
+        )
     }
 
     fn fraction_number(&mut self, c: &mut Compiler<'_>, param: &str, default: f64) -> Option<f64> {
-        self.checked(c, param, Some(default), |n| (0.0..=1.0).contains(&n), "between 0 and 1")
+        self.checked(
+            c,
+            param,
+            Some(default),
+            |n| (0.0..=1.0).contains(&n),
+            "between 0 and 1",
+        )
     }
 
-    fn length_value(&mut self, c: &mut Compiler<'_>, param: &str, allow_zero: bool) -> Option<Option<f64>> {
+    fn length_value(
+        &mut self,
+        c: &mut Compiler<'_>,
+        param: &str,
+        allow_zero: bool,
+    ) -> Option<Option<f64>> {
         let Some((value, span)) = self.get(param) else {
             return Some(None);
         };
         match value {
-            Value::Duration(steps) if steps > 0.0 || (allow_zero && steps == 0.0) => Some(Some(steps)),
+            Value::Duration(steps) if steps > 0.0 || (allow_zero && steps == 0.0) => {
+                Some(Some(steps))
+            }
             Value::Duration(steps) => {
-                let rule = if allow_zero { "zero or more" } else { "greater than zero" };
+                let rule = if allow_zero {
+                    "zero or more"
+                } else {
+                    "greater than zero"
+                };
                 self.fail(
                     c,
-                    Diagnostic::error(span, format!("`{param}` must be {rule}, not {} steps", fmt_num(steps)))
-                        .with_label("out of range"),
+                    Diagnostic::error(
+                        span,
+                        format!("`{param}` must be {rule}, not {} steps", fmt_num(steps)),
+                    )
+                    .with_label("out of range"),
                 );
                 None
             }
@@ -1531,9 +1891,14 @@ impl Bound {
             other => {
                 self.fail(
                     c,
-                    Diagnostic::error(span, format!("`{param}` must be a length, found {}", other.kind()))
-                        .with_label("not a length")
-                        .with_help("lengths are written `30 steps`, `3 epochs`, `50000 samples` or `10%`"),
+                    Diagnostic::error(
+                        span,
+                        format!("`{param}` must be a length, found {}", other.kind()),
+                    )
+                    .with_label("not a length")
+                    .with_help(
+                        "lengths are written `30 steps`, `3 epochs`, `50000 samples` or `10%`",
+                    ),
                 );
                 None
             }
@@ -1583,15 +1948,27 @@ impl Bound {
             Some((other, span)) => {
                 self.fail(
                     c,
-                    Diagnostic::error(span, format!("`{param}` must be `true` or `false`, found {}", other.kind()))
-                        .with_label("not a boolean"),
+                    Diagnostic::error(
+                        span,
+                        format!(
+                            "`{param}` must be `true` or `false`, found {}",
+                            other.kind()
+                        ),
+                    )
+                    .with_label("not a boolean"),
                 );
                 default
             }
         }
     }
 
-    fn choice(&mut self, c: &mut Compiler<'_>, param: &str, choices: &[&'static str], default: &'static str) -> Option<String> {
+    fn choice(
+        &mut self,
+        c: &mut Compiler<'_>,
+        param: &str,
+        choices: &[&'static str],
+        default: &'static str,
+    ) -> Option<String> {
         let (value, span) = match self.get(param) {
             None => return Some(default.to_string()),
             Some(v) => v,
@@ -1605,8 +1982,15 @@ impl Bound {
             other => {
                 self.fail(
                     c,
-                    Diagnostic::error(span, format!("`{param}` must be one of {}, found {}", choices.join(", "), other.kind()))
-                        .with_label("not a choice"),
+                    Diagnostic::error(
+                        span,
+                        format!(
+                            "`{param}` must be one of {}, found {}",
+                            choices.join(", "),
+                            other.kind()
+                        ),
+                    )
+                    .with_label("not a choice"),
                 );
                 return None;
             }
@@ -1624,13 +2008,25 @@ impl Bound {
     }
 
     /// `a -> b`; with `number_means_to_zero`, a single number `a` means `a -> 0`.
-    fn range(&mut self, c: &mut Compiler<'_>, param: &str, number_means_to_zero: bool) -> Option<(f64, f64)> {
+    fn range(
+        &mut self,
+        c: &mut Compiler<'_>,
+        param: &str,
+        number_means_to_zero: bool,
+    ) -> Option<(f64, f64)> {
         match self.get(param) {
             None => {
                 self.missing(c, param, "0.1 -> 0");
                 None
             }
-            Some((Value::Range { from, to, both_ways: false }, _)) => Some((from, to)),
+            Some((
+                Value::Range {
+                    from,
+                    to,
+                    both_ways: false,
+                },
+                _,
+            )) => Some((from, to)),
             Some((Value::Number(n), _)) if number_means_to_zero => Some((n, 0.0)),
             Some((Value::Poison, _)) => {
                 self.ok = false;
@@ -1642,12 +2038,31 @@ impl Bound {
                 None
             }
             Some((other, span)) => {
-                let found = if matches!(other, Value::Range { both_ways: true, .. }) { "a cycle `<->`" } else { other.kind() };
+                let found = if matches!(
+                    other,
+                    Value::Range {
+                        both_ways: true,
+                        ..
+                    }
+                ) {
+                    "a cycle `<->`"
+                } else {
+                    other.kind()
+                };
                 self.fail(
                     c,
-                    Diagnostic::error(span, format!("`{}` needs a range `from -> to`, found {found}", self.function))
-                        .with_label("expected `a -> b`")
-                        .with_help(format!("e.g. `{}(0.1 -> 0.001, over: 90 steps)`", self.function)),
+                    Diagnostic::error(
+                        span,
+                        format!(
+                            "`{}` needs a range `from -> to`, found {found}",
+                            self.function
+                        ),
+                    )
+                    .with_label("expected `a -> b`")
+                    .with_help(format!(
+                        "e.g. `{}(0.1 -> 0.001, over: 90 steps)`",
+                        self.function
+                    )),
                 );
                 None
             }
@@ -1660,18 +2075,38 @@ impl Bound {
                 self.missing(c, param, "0.001 <-> 0.1");
                 None
             }
-            Some((Value::Range { from, to, both_ways: true }, _)) => Some((from, to)),
+            Some((
+                Value::Range {
+                    from,
+                    to,
+                    both_ways: true,
+                },
+                _,
+            )) => Some((from, to)),
             Some((Value::Poison, _)) => {
                 self.ok = false;
                 None
             }
             Some((other, span)) => {
-                let found = if matches!(other, Value::Range { both_ways: false, .. }) { "a one-way range `->`" } else { other.kind() };
+                let found = if matches!(
+                    other,
+                    Value::Range {
+                        both_ways: false,
+                        ..
+                    }
+                ) {
+                    "a one-way range `->`"
+                } else {
+                    other.kind()
+                };
                 self.fail(
                     c,
-                    Diagnostic::error(span, format!("`cyclic` needs a cycle `low <-> high`, found {found}"))
-                        .with_label("expected `a <-> b`")
-                        .with_help("e.g. `cyclic(0.001 <-> 0.1, half: 2000 steps)`"),
+                    Diagnostic::error(
+                        span,
+                        format!("`cyclic` needs a cycle `low <-> high`, found {found}"),
+                    )
+                    .with_label("expected `a <-> b`")
+                    .with_help("e.g. `cyclic(0.001 <-> 0.1, half: 2000 steps)`"),
                 );
                 None
             }
@@ -1692,16 +2127,24 @@ impl Bound {
             Some((other, span)) => {
                 self.fail(
                     c,
-                    Diagnostic::error(span, format!("`{param}` must be a schedule, found {}", other.kind()))
-                        .with_label("not a schedule")
-                        .with_help("e.g. `restarts(cosine(0.1 -> 0), period: 10 epochs)`"),
+                    Diagnostic::error(
+                        span,
+                        format!("`{param}` must be a schedule, found {}", other.kind()),
+                    )
+                    .with_label("not a schedule")
+                    .with_help("e.g. `restarts(cosine(0.1 -> 0), period: 10 epochs)`"),
                 );
                 None
             }
         }
     }
 
-    fn list(&mut self, c: &mut Compiler<'_>, param: &str, example: &str) -> Option<(Vec<(Value, Span)>, Span)> {
+    fn list(
+        &mut self,
+        c: &mut Compiler<'_>,
+        param: &str,
+        example: &str,
+    ) -> Option<(Vec<(Value, Span)>, Span)> {
         match self.get(param) {
             None => {
                 self.missing(c, param, example);
@@ -1715,9 +2158,12 @@ impl Bound {
             Some((other, span)) => {
                 self.fail(
                     c,
-                    Diagnostic::error(span, format!("`{param}` must be a list, found {}", other.kind()))
-                        .with_label("not a list")
-                        .with_help(format!("e.g. `{param}: {example}`")),
+                    Diagnostic::error(
+                        span,
+                        format!("`{param}` must be a list, found {}", other.kind()),
+                    )
+                    .with_label("not a list")
+                    .with_help(format!("e.g. `{param}: {example}`")),
                 );
                 None
             }
@@ -1734,7 +2180,11 @@ impl Bound {
                 other => {
                     self.fail(
                         c,
-                        Diagnostic::error(span, format!("expected a number, found {}", other.kind())).with_label("not a number"),
+                        Diagnostic::error(
+                            span,
+                            format!("expected a number, found {}", other.kind()),
+                        )
+                        .with_label("not a number"),
                     );
                 }
             }
@@ -1746,7 +2196,12 @@ impl Bound {
         self.length_list_allow_zero(c, param, false)
     }
 
-    fn length_list_allow_zero(&mut self, c: &mut Compiler<'_>, param: &str, allow_zero: bool) -> Option<Vec<f64>> {
+    fn length_list_allow_zero(
+        &mut self,
+        c: &mut Compiler<'_>,
+        param: &str,
+        allow_zero: bool,
+    ) -> Option<Vec<f64>> {
         let (items, list_span) = self.list(c, param, "[30 steps, 60 steps]")?;
         let mut out: Vec<f64> = Vec::with_capacity(items.len());
         for (value, span) in items {
@@ -1766,8 +2221,14 @@ impl Bound {
                 Value::Duration(steps) => {
                     self.fail(
                         c,
-                        Diagnostic::error(span, format!("a point must be greater than zero, not {} steps", fmt_num(steps)))
-                            .with_label("out of range"),
+                        Diagnostic::error(
+                            span,
+                            format!(
+                                "a point must be greater than zero, not {} steps",
+                                fmt_num(steps)
+                            ),
+                        )
+                        .with_label("out of range"),
                     );
                 }
                 Value::Number(n) => {
@@ -1778,13 +2239,21 @@ impl Bound {
                 other => {
                     self.fail(
                         c,
-                        Diagnostic::error(span, format!("expected a length, found {}", other.kind())).with_label("not a length"),
+                        Diagnostic::error(
+                            span,
+                            format!("expected a length, found {}", other.kind()),
+                        )
+                        .with_label("not a length"),
                     );
                 }
             }
         }
         if out.is_empty() && self.ok && !allow_zero {
-            self.fail(c, Diagnostic::error(list_span, format!("`{param}` needs at least one point")).with_label("empty"));
+            self.fail(
+                c,
+                Diagnostic::error(list_span, format!("`{param}` needs at least one point"))
+                    .with_label("empty"),
+            );
         }
         self.ok.then_some(out)
     }

@@ -159,7 +159,13 @@ fn clamp_to_char_boundary(text: &str, offset: usize) -> usize {
     offset
 }
 
-fn render_snippet(out: &mut String, file: &SourceFile, span: Span, label: Option<&str>, mark: char) {
+fn render_snippet(
+    out: &mut String,
+    file: &SourceFile,
+    span: Span,
+    label: Option<&str>,
+    mark: char,
+) {
     let (line, col) = file.line_col(span.start);
     let text = file.line_text(line);
     let gutter = line.to_string().len();
@@ -222,7 +228,10 @@ impl fmt::Display for Report {
                 self.file.name,
                 if errors == 1 { "" } else { "s" },
                 if warnings > 0 {
-                    format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" })
+                    format!(
+                        ", {warnings} warning{}",
+                        if warnings == 1 { "" } else { "s" }
+                    )
                 } else {
                     String::new()
                 }

@@ -142,13 +142,19 @@ impl Printer<'_> {
 fn stmt_head(stmt: &Stmt) -> String {
     match &stmt.kind {
         StmtKind::Let { name, value } => format!("let {} = {}", name.name, expr(value)),
-        StmtKind::Assign { target, op, value, .. } => {
+        StmtKind::Assign {
+            target, op, value, ..
+        } => {
             format!("{} {} {}", target.name, op.as_str(), expr(value))
         }
         StmtKind::Directive(d) => {
             let mut out = d.keyword.name.clone();
             for (i, item) in d.items.iter().enumerate() {
-                out.push_str(if i > 0 && item.comma_before { ", " } else { " " });
+                out.push_str(if i > 0 && item.comma_before {
+                    ", "
+                } else {
+                    " "
+                });
                 out.push_str(&expr(&item.expr));
             }
             if !d.with.is_empty() {
@@ -202,8 +208,17 @@ pub fn expr(e: &Expr) -> String {
             BinOp::Pow => format!("{}^{}", expr(lhs), expr(rhs)),
             _ => format!("{} {} {}", expr(lhs), op.as_str(), expr(rhs)),
         },
-        ExprKind::Range { from, to, both_ways } => {
-            format!("{} {} {}", expr(from), if *both_ways { "<->" } else { "->" }, expr(to))
+        ExprKind::Range {
+            from,
+            to,
+            both_ways,
+        } => {
+            format!(
+                "{} {} {}",
+                expr(from),
+                if *both_ways { "<->" } else { "->" },
+                expr(to)
+            )
         }
         ExprKind::Then(parts) => {
             let parts: Vec<String> = parts.iter().map(expr).collect();

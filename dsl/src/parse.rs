@@ -29,7 +29,9 @@ pub fn parse(text: &str) -> Result<Script, Vec<Diagnostic>> {
     check_nesting(text)?;
     // pest descends about ten rules per bracket level; give it a stack that fits
     // MAX_NESTING levels whatever thread we are called on.
-    stacker::maybe_grow(PARSER_STACK_RED_ZONE, PARSER_STACK, || parse_unguarded(text))
+    stacker::maybe_grow(PARSER_STACK_RED_ZONE, PARSER_STACK, || {
+        parse_unguarded(text)
+    })
 }
 
 /// Grow the stack when less than this is left …
@@ -38,7 +40,8 @@ const PARSER_STACK_RED_ZONE: usize = 4 << 20;
 const PARSER_STACK: usize = 64 << 20;
 
 fn parse_unguarded(text: &str) -> Result<Script, Vec<Diagnostic>> {
-    let mut pairs = RegimenParser::parse(Rule::script, text).map_err(|e| vec![from_pest(e, text)])?;
+    let mut pairs =
+        RegimenParser::parse(Rule::script, text).map_err(|e| vec![from_pest(e, text)])?;
     let Some(script) = pairs.next() else {
         return Err(vec![Diagnostic::error(Span::new(0, 0), "empty parse")]);
     };
@@ -174,7 +177,10 @@ fn from_pest(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
     let end = end.max(start + found.1);
     let mut expected: Vec<&'static str> = Vec::new();
     if let pest::error::ErrorVariant::ParsingError { positives, .. } = &error.variant {
-        for rule in positives.iter().filter(|r| !matches!(r, Rule::COMMENT | Rule::WHITESPACE)) {
+        for rule in positives
+            .iter()
+            .filter(|r| !matches!(r, Rule::COMMENT | Rule::WHITESPACE))
+        {
             let d = describe(rule);
             if !expected.contains(&d) {
                 expected.push(d);
@@ -208,7 +214,10 @@ fn found_at(text: &str, offset: usize) -> (String, usize) {
         None => ("end of input".to_string(), 0),
         Some('\n') | Some('\r') => ("end of line".to_string(), 0),
         Some(c) if c.is_alphanumeric() || c == '_' => {
-            let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.').collect();
+            let word: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
             let len = word.len();
             (format!("`{word}`"), len)
         }
@@ -235,7 +244,10 @@ fn parse_hint(text: &str, offset: usize) -> Option<String> {
     if before.ends_with(',') && (rest.starts_with(')') || rest.is_empty()) {
         return None;
     }
-    if rest.trim().is_empty() && before.chars().filter(|c| *c == '(').count() > before.chars().filter(|c| *c == ')').count() {
+    if rest.trim().is_empty()
+        && before.chars().filter(|c| *c == '(').count()
+            > before.chars().filter(|c| *c == ')').count()
+    {
         return Some(UNCLOSED_PAREN.to_string());
     }
     None
@@ -355,7 +367,13 @@ impl Builder {
                 } else {
                     let depth = parts.iter().map(|p| p.1).max().unwrap_or(0) + 1;
                     let exprs = parts.into_iter().map(|p| p.0).collect();
-                    (Expr { kind: ExprKind::Then(exprs), span }, depth)
+                    (
+                        Expr {
+                            kind: ExprKind::Then(exprs),
+                            span,
+                        },
+                        depth,
+                    )
                 }
             }
             Rule::range_expr => {
@@ -411,7 +429,9 @@ impl Builder {
             }
             Rule::power => {
                 // `^` is right-associative: fold from the right.
-                let operands: Vec<(Expr, usize)> = children(pair).map(|p| self.expr(p)).collect::<Option<_>>()?;
+                let operands: Vec<(Expr, usize)> = children(pair)
+                    .map(|p| self.expr(p))
+                    .collect::<Option<_>>()?;
                 let mut operands = operands.into_iter().rev();
                 let mut acc = operands.next()?;
                 for lhs in operands {
@@ -479,10 +499,19 @@ impl Builder {
             Rule::number => {
                 let text = pair.as_str().to_string();
                 let value = text.parse::<f64>().unwrap_or(f64::NAN);
-                (Expr { kind: ExprKind::Number { value, text }, span }, 1)
+                (
+                    Expr {
+                        kind: ExprKind::Number { value, text },
+                        span,
+                    },
+                    1,
+                )
             }
             Rule::string => {
-                let body = children(pair).next().map(|p| p.as_str().to_string()).unwrap_or_default();
+                let body = children(pair)
+                    .next()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default();
                 let value = match unescape(&body) {
                     Ok(v) => v,
                     Err(bad) => {
@@ -490,7 +519,13 @@ impl Builder {
                         return None;
                     }
                 };
-                (Expr { kind: ExprKind::Str(value), span }, 1)
+                (
+                    Expr {
+                        kind: ExprKind::Str(value),
+                        span,
+                    },
+                    1,
+                )
             }
             Rule::ident => (
                 Expr {
@@ -500,7 +535,9 @@ impl Builder {
                 1,
             ),
             Rule::list => {
-                let items: Vec<(Expr, usize)> = children(pair).map(|p| self.expr(p)).collect::<Option<_>>()?;
+                let items: Vec<(Expr, usize)> = children(pair)
+                    .map(|p| self.expr(p))
+                    .collect::<Option<_>>()?;
                 let depth = items.iter().map(|i| i.1).max().unwrap_or(0) + 1;
                 (
                     Expr {
@@ -513,7 +550,13 @@ impl Builder {
             Rule::paren => {
                 let inner = self.expr(children(pair).next()?)?;
                 let depth = inner.1 + 1;
-                (Expr { kind: ExprKind::Paren(Box::new(inner.0)), span }, depth)
+                (
+                    Expr {
+                        kind: ExprKind::Paren(Box::new(inner.0)),
+                        span,
+                    },
+                    depth,
+                )
             }
             Rule::call => {
                 let mut inner = children(pair);
@@ -531,10 +574,19 @@ impl Builder {
                         value: value.0,
                     });
                 }
-                (Expr { kind: ExprKind::Call { name, args }, span }, depth)
+                (
+                    Expr {
+                        kind: ExprKind::Call { name, args },
+                        span,
+                    },
+                    depth,
+                )
             }
             _ => {
-                self.error(span, format!("internal: unexpected {rule:?} in an expression"));
+                self.error(
+                    span,
+                    format!("internal: unexpected {rule:?} in an expression"),
+                );
                 return None;
             }
         };

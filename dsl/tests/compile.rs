@@ -43,7 +43,12 @@ fn examples() -> Vec<(String, String)> {
                 .filter_map(Result::ok)
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "regimen"))
-                .filter_map(|p| Some((p.file_name()?.to_str()?.to_string(), std::fs::read_to_string(&p).ok()?)))
+                .filter_map(|p| {
+                    Some((
+                        p.file_name()?.to_str()?.to_string(),
+                        std::fs::read_to_string(&p).ok()?,
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -56,7 +61,10 @@ fn every_example_compiles_without_warnings() {
     let examples = examples();
     assert!(examples.len() >= 5);
     for (name, text) in examples {
-        let result = compile(&SourceFile::new(name.clone(), text), &CompileOptions::default());
+        let result = compile(
+            &SourceFile::new(name.clone(), text),
+            &CompileOptions::default(),
+        );
         match result {
             Ok(c) => assert!(c.warnings.is_empty(), "{name}: {:?}", c.warnings),
             Err(report) => panic!("{name} rejected:\n{report}"),
@@ -76,12 +84,14 @@ fn formatting_every_example_is_a_fixed_point() {
 #[test]
 fn formatting_normalises_spacing_keeps_comments_and_is_idempotent() {
     let messy = "# head\n\n\n horizon   90 steps # h\nlet peak=0.1\nlr = linear(0->peak,over:\n   10 steps)\n  then cosine(peak->0) # tail\ngroup \"*.bias\",\"*norm*\" {\n weight_decay=0\n # inside\n}\n";
-    let once = regimen_dsl::format(&SourceFile::new("m.regimen", messy)).unwrap_or_else(|r| panic!("{r}"));
+    let once =
+        regimen_dsl::format(&SourceFile::new("m.regimen", messy)).unwrap_or_else(|r| panic!("{r}"));
     assert_eq!(
         once,
         "# head\n\nhorizon 90 steps  # h\nlet peak = 0.1\nlr = linear(0 -> peak, over: 10 steps) then cosine(peak -> 0)  # tail\ngroup \"*.bias\", \"*norm*\" {\n    weight_decay = 0\n    # inside\n}\n"
     );
-    let twice = regimen_dsl::format(&SourceFile::new("m.regimen", once.clone())).unwrap_or_else(|r| panic!("{r}"));
+    let twice = regimen_dsl::format(&SourceFile::new("m.regimen", once.clone()))
+        .unwrap_or_else(|r| panic!("{r}"));
     assert_eq!(twice, once);
 }
 
@@ -107,7 +117,9 @@ fn exponential_and_inverse_time_match_their_closed_forms() {
 
 #[test]
 fn warmup_then_cosine_matches_hugging_face_cosine_with_warmup() {
-    let c = compiled("horizon 100 steps\nlr = linear(0.001 -> 0.1, over: 10 steps) then cosine(0.1 -> 0)");
+    let c = compiled(
+        "horizon 100 steps\nlr = linear(0.001 -> 0.1, over: 10 steps) then cosine(0.1 -> 0)",
+    );
     close(value(&c, "lr", 0), 0.001);
     // 0.001 + (0.1 - 0.001) * 5 / 10 = 0.0505
     close(value(&c, "lr", 5), 0.0505);
@@ -140,7 +152,10 @@ fn command_line_options_override_the_script() {
         steps_per_epoch: Some(4.0),
         batch_size: None,
     };
-    let c = compiled_with("epoch = 10 steps\nlr = step(1, every: 1 epoch, factor: 0.5)", &options);
+    let c = compiled_with(
+        "epoch = 10 steps\nlr = step(1, every: 1 epoch, factor: 0.5)",
+        &options,
+    );
     // 4 steps per epoch: 1 * 0.5^floor(8/4) = 0.25
     close(value(&c, "lr", 8), 0.25);
 }
@@ -197,7 +212,9 @@ fn a_schedule_may_drive_any_hyperparameter() {
 #[test]
 fn later_lets_are_evaluated_with_units_declared_anywhere() {
     // The epoch length is declared after its use in a let.
-    let c = compiled("let warm = 2 epochs\nlr = linear(0 -> 1, over: warm) then constant(1)\nepoch = 5 steps");
+    let c = compiled(
+        "let warm = 2 epochs\nlr = linear(0 -> 1, over: warm) then constant(1)\nepoch = 5 steps",
+    );
     close(value(&c, "lr", 5), 0.5);
 }
 

@@ -64,9 +64,15 @@ fn all_semantic_errors_are_reported_not_only_the_first() {
 #[test]
 fn ten_thousand_nested_parentheses_are_an_error_not_a_stack_overflow() {
     let text = format!("lr = {}0.1{}\n", "(".repeat(10_000), ")".repeat(10_000));
-    let report = check(&SourceFile::new("deep.regimen", text), &CompileOptions::default());
+    let report = check(
+        &SourceFile::new("deep.regimen", text),
+        &CompileOptions::default(),
+    );
     assert!(report.has_errors());
-    assert!(report.to_string().contains("nesting is too deep"), "{report}");
+    assert!(
+        report.to_string().contains("nesting is too deep"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -75,9 +81,15 @@ fn long_operator_chains_and_negations_are_bounded() {
         format!("lr = {}1\n", "-".repeat(100_000)),
         format!("lr = 1{}\n", " + 1".repeat(100_000)),
         format!("lr = 2{}\n", "^1".repeat(100_000)),
-        format!("lr = constant(1){}\n", " then constant(1, over: 1 step)".repeat(5_000)),
+        format!(
+            "lr = constant(1){}\n",
+            " then constant(1, over: 1 step)".repeat(5_000)
+        ),
     ] {
-        let report = check(&SourceFile::new("long.regimen", text), &CompileOptions::default());
+        let report = check(
+            &SourceFile::new("long.regimen", text),
+            &CompileOptions::default(),
+        );
         assert!(report.has_errors(), "{report}");
     }
 }
@@ -85,7 +97,10 @@ fn long_operator_chains_and_negations_are_bounded() {
 #[test]
 fn nesting_within_the_limit_still_compiles() {
     let text = format!("lr = {}0.1{}\n", "(".repeat(40), ")".repeat(40));
-    let compiled = compile(&SourceFile::new("ok.regimen", text), &CompileOptions::default());
+    let compiled = compile(
+        &SourceFile::new("ok.regimen", text),
+        &CompileOptions::default(),
+    );
     assert!(compiled.is_ok());
 }
 
@@ -100,7 +115,10 @@ fn next(state: &mut u64) -> u64 {
 #[test]
 fn random_bytes_and_mangled_examples_never_panic() {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let alphabet: Vec<char> = "lr=cosine(0.1->0,over:10 steps)then[]{}#\"\\\n -+*/^%<>letwith.epochs,".chars().collect();
+    let alphabet: Vec<char> =
+        "lr=cosine(0.1->0,over:10 steps)then[]{}#\"\\\n -+*/^%<>letwith.epochs,"
+            .chars()
+            .collect();
     for round in 0..3000 {
         let len = (next(&mut state) % 120) as usize;
         let text: String = if round % 2 == 0 {

@@ -452,7 +452,7 @@ impl Builder {
                 }
                 acc
             }
-            Rule::signed => {
+            Rule::signed | Rule::exponent => {
                 let parts: Vec<Pair<'_, Rule>> = children(pair).collect();
                 let (negs, rest) = parts.split_at(parts.len().saturating_sub(1));
                 let mut acc = self.expr(rest.first()?.clone())?;

@@ -1,1 +1,433 @@
-fn main() {}
+//! `regimen`: check, trace, plot and format `*.regimen` schedule scripts.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use regimen::{output, plot, Compiled, Report, SourceFile, TraceOptions};
+
+const EXAMPLES: &str = "\
+Examples:
+  regimen check examples/*.regimen
+  regimen trace examples/warmup_cosine.regimen
+  regimen trace examples/step_decay.regimen --steps 100 --every 10 --format csv
+  regimen plot examples/onecycle.regimen -o onecycle.svg
+  regimen fmt --check examples/*.regimen
+
+Exit status: 0 on success, 1 when a script has errors or a command fails,
+2 on a command-line usage error.";
+
+/// Check, trace, plot and format Regimen schedule scripts.
+///
+/// A `*.regimen` script describes how training hyperparameters (learning rate,
+/// momentum, weight decay, …) evolve step by step. `regimen` validates scripts with
+/// precise diagnostics, evaluates every scalar they define, draws them, and keeps
+/// them in canonical form.
+#[derive(Debug, Parser)]
+#[command(name = "regimen", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate scripts and print their errors and warnings.
+    ///
+    /// Diagnostics go to stderr with `file:line:col`, the source line and a caret;
+    /// each file without errors is reported as `FILE: ok` on stdout. Exits with 1 if
+    /// any file has errors (warnings alone do not fail).
+    #[command(after_help = "Examples:\n  regimen check examples/*.regimen\n  \
+                            regimen check train.regimen --steps-per-epoch 390")]
+    Check(CheckArgs),
+    /// Evaluate every scalar of a script, step by step.
+    ///
+    /// Prints one record per step (steps counted from 0): the step and the value of
+    /// every hyperparameter the script assigns, in declaration order.
+    #[command(
+        after_help = "Examples:\n  regimen trace examples/warmup_cosine.regimen\n  \
+                            regimen trace examples/step_decay.regimen --steps 100 --every 10\n  \
+                            regimen trace examples/multistep.regimen --format json > lr.json"
+    )]
+    Trace(TraceArgs),
+    /// Draw every scalar of a script over the steps, as SVG or PNG.
+    ///
+    /// One panel per scalar, stacked vertically, each with its own y axis, so that
+    /// scalars of very different magnitudes stay readable. The format follows the
+    /// output file's extension.
+    #[command(
+        after_help = "Examples:\n  regimen plot examples/onecycle.regimen -o onecycle.svg\n  \
+                            regimen plot examples/step_decay.regimen --steps 100 -o step.png"
+    )]
+    Plot(PlotArgs),
+    /// Rewrite scripts in canonical form (comments are kept).
+    ///
+    /// With `--check`, nothing is written: the files that are not in canonical form
+    /// are named and the exit status is 1.
+    #[command(after_help = "Examples:\n  regimen fmt train.regimen\n  \
+                            regimen fmt --check examples/*.regimen")]
+    Fmt(FmtArgs),
+}
+
+/// Settings a script may leave to the command line.
+#[derive(Debug, Args)]
+struct ScriptOptions {
+    /// Steps per epoch (overrides the script's `epoch = N steps`); needed when the
+    /// script counts in epochs and does not say how long an epoch is.
+    #[arg(long, value_name = "E", value_parser = positive_number)]
+    steps_per_epoch: Option<f64>,
+    /// Samples per step (overrides the script's batch size); needed when the script
+    /// counts in samples.
+    #[arg(long, value_name = "B", value_parser = positive_number)]
+    batch_size: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Scripts to check.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    options: ScriptOptions,
+}
+
+#[derive(Debug, Args)]
+struct TraceArgs {
+    /// The script to evaluate.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Number of steps to evaluate (steps 0 to N-1) [default: the script's horizon].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    /// Print every K-th step only (the last step is always printed).
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    every: u64,
+    #[command(flatten)]
+    options: ScriptOptions,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Aligned columns, values to 6 significant digits.
+    Table,
+    /// A `step,lr,…` header and one line per step, full precision.
+    Csv,
+    /// An array of records `[{"step": 0, "lr": …}, …]`, full precision.
+    Json,
+    /// A sequence of records (`- step: 0` / `  lr: …`), full precision.
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+struct PlotArgs {
+    /// The script to draw.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The image to write: `.svg` or `.png`.
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    /// Number of steps to draw [default: the script's horizon].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    /// Chart title [default: the script's file name].
+    #[arg(long)]
+    title: Option<String>,
+    #[command(flatten)]
+    options: ScriptOptions,
+}
+
+#[derive(Debug, Args)]
+struct FmtArgs {
+    /// Scripts to format in place.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Write nothing; name the files that would change and exit with 1 if any would.
+    #[arg(long)]
+    check: bool,
+}
+
+/// The most points a plotted line gets: longer runs are sampled evenly.
+const PLOT_MAX_POINTS: u64 = 4000;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Trace(args) => trace(&args),
+        Command::Plot(args) => plot_command(&args),
+        Command::Fmt(args) => fmt(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn positive_number(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        Ok(_) => Err("must be a positive number".to_string()),
+        Err(_) => Err(format!("`{text}` is not a number")),
+    }
+}
+
+fn trace_options(options: &ScriptOptions) -> TraceOptions {
+    TraceOptions {
+        steps: None,
+        every: 1,
+        steps_per_epoch: options.steps_per_epoch,
+        batch_size: options.batch_size,
+    }
+}
+
+/// Write to stdout; a closed pipe (`regimen trace … | head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Read and compile a script for `trace` and `plot`: warnings are printed, errors
+/// are printed under one heading line and end the command (`Ok(Err(code))`).
+fn load(
+    path: &Path,
+    options: &TraceOptions,
+    verb: &str,
+) -> anyhow::Result<Result<(SourceFile, Compiled), ExitCode>> {
+    let file = regimen::read_source(path)?;
+    match regimen::dsl::compile(&file, &options.compile_options()) {
+        Ok(compiled) => {
+            if !compiled.warnings.is_empty() {
+                let warnings = Report {
+                    file: file.clone(),
+                    diagnostics: compiled.warnings.clone(),
+                };
+                eprint!("{warnings}");
+            }
+            Ok(Ok((file, compiled)))
+        }
+        Err(report) => {
+            eprintln!(
+                "error: cannot {verb} `{}`: the script has {}\n",
+                file.name,
+                plural(report.error_count(), "error")
+            );
+            eprint!("{report}");
+            Ok(Err(ExitCode::FAILURE))
+        }
+    }
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// `--steps`, else the horizon, else a clear error naming the flag.
+fn resolve_steps(
+    steps: Option<u64>,
+    compiled: &Compiled,
+    file: &SourceFile,
+) -> anyhow::Result<u64> {
+    match steps.or_else(|| compiled.horizon_steps()) {
+        Some(steps) if steps > 0 => Ok(steps),
+        Some(_) => anyhow::bail!("`{}` has an empty horizon: pass `--steps N`", file.name),
+        None => anyhow::bail!(
+            "`{}` sets no horizon, so the number of steps is unknown: pass `--steps N` \
+             (or add e.g. `horizon 100 steps` to the script)",
+            file.name
+        ),
+    }
+}
+
+fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let options = trace_options(&args.options).compile_options();
+    let mut failed = 0usize;
+    for path in &args.files {
+        let file = match regimen::read_source(path) {
+            Ok(file) => file,
+            Err(error) => {
+                eprintln!("error: {}", error.to_string_with_causes());
+                failed += 1;
+                continue;
+            }
+        };
+        let report = regimen::dsl::check(&file, &options);
+        if !report.diagnostics.is_empty() {
+            eprint!("{report}");
+        }
+        if report.has_errors() {
+            failed += 1;
+        } else {
+            let warnings = report.diagnostics.len();
+            let line = if warnings == 0 {
+                format!("{}: ok\n", file.name)
+            } else {
+                format!("{}: ok ({})\n", file.name, plural(warnings, "warning"))
+            };
+            print_stdout(&line)?;
+        }
+    }
+    if failed > 0 {
+        if args.files.len() > 1 {
+            eprintln!(
+                "error: {} of {} files have errors",
+                failed,
+                args.files.len()
+            );
+        }
+        Ok(ExitCode::FAILURE)
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
+    let options = trace_options(&args.options);
+    let (file, compiled) = match load(&args.file, &options, "trace")? {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let options = TraceOptions {
+        steps: Some(resolve_steps(args.steps, &compiled, &file)?),
+        every: args.every,
+        ..options
+    };
+    let trace = regimen::trace_compiled(&compiled, &file.name, &options)?;
+    let text = match args.format {
+        Format::Table => output::to_table(&trace),
+        Format::Csv => trace.to_csv(),
+        Format::Json => output::to_json(&trace),
+        Format::Yaml => output::to_yaml(&trace),
+    };
+    print_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plot_command(args: &PlotArgs) -> anyhow::Result<ExitCode> {
+    // Refuse a bad output name before doing any work.
+    if plot::ImageFormat::from_path(&args.output).is_none() {
+        anyhow::bail!(
+            "cannot tell the image format of `{}`: the output file name must end in `.svg` or `.png`",
+            args.output.display()
+        );
+    }
+    if let Some(dir) = args.output.parent() {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            anyhow::bail!(
+                "cannot write `{}`: the directory `{}` does not exist",
+                args.output.display(),
+                dir.display()
+            );
+        }
+    }
+    let options = trace_options(&args.options);
+    let (file, compiled) = match load(&args.file, &options, "plot")? {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let steps = resolve_steps(args.steps, &compiled, &file)?;
+    let options = TraceOptions {
+        steps: Some(steps),
+        every: steps.div_ceil(PLOT_MAX_POINTS).max(1),
+        ..options
+    };
+    let trace = regimen::trace_compiled(&compiled, &file.name, &options)?;
+    let title = match &args.title {
+        Some(title) => title.clone(),
+        None => args.file.file_name().map_or_else(
+            || file.name.clone(),
+            |name| name.to_string_lossy().into_owned(),
+        ),
+    };
+    plot::plot_to_file(&trace, &title, &args.output)?;
+    eprintln!("wrote {}", args.output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fmt(args: &FmtArgs) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    let mut unformatted = Vec::new();
+    for path in &args.files {
+        let file = match regimen::read_source(path) {
+            Ok(file) => file,
+            Err(error) => {
+                eprintln!("error: {}", error.to_string_with_causes());
+                failed = true;
+                continue;
+            }
+        };
+        let formatted = match regimen::dsl::format(&file) {
+            Ok(formatted) => formatted,
+            Err(report) => {
+                eprintln!("error: cannot format `{}`: it does not parse\n", file.name);
+                eprint!("{report}");
+                failed = true;
+                continue;
+            }
+        };
+        if formatted == file.text {
+            continue;
+        }
+        if args.check {
+            unformatted.push(file.name);
+        } else {
+            std::fs::write(path, formatted)
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+            print_stdout(&format!("formatted {}\n", file.name))?;
+        }
+    }
+    if !unformatted.is_empty() {
+        let mut text = String::new();
+        for name in &unformatted {
+            text.push_str(&format!(
+                "{name}: not in canonical form (run `regimen fmt {name}`)\n"
+            ));
+        }
+        print_stdout(&text)?;
+        failed = true;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn positive_numbers_only() {
+        assert_eq!(positive_number("2.5"), Ok(2.5));
+        assert!(positive_number("0").is_err());
+        assert!(positive_number("-1").is_err());
+        assert!(positive_number("inf").is_err());
+        assert!(positive_number("x").is_err());
+    }
+}

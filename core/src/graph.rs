@@ -250,6 +250,13 @@ impl ScalarGraph {
 
 /// Position within the current SGDR period and that period's length
 /// (PyTorch `CosineAnnealingWarmRestarts` closed form: `T_cur`, `T_i`).
+///
+/// Periods are `period * mult^k` and start at `period * (mult^k - 1) / (mult - 1)`.
+/// A step that lies on a period boundary up to float rounding (relative `1e-12`)
+/// starts the new period at position exactly 0. PyTorch evaluates the same closed
+/// form without that care, so at some exact boundaries (e.g. `T_0 = 1, T_mult = 3`,
+/// step 121, where `log(243, 3)` rounds to 4.999…) it reports the *end* of the
+/// previous period instead of a restart; here every boundary restarts.
 pub fn restart_position(t: f64, period: f64, mult: f64) -> (f64, f64) {
     if t < period {
         return (t, period);
@@ -257,18 +264,37 @@ pub fn restart_position(t: f64, period: f64, mult: f64) -> (f64, f64) {
     if mult == 1.0 {
         return (t % period, period);
     }
-    let n = ((t / period * (mult - 1.0) + 1.0).ln() / mult.ln()).floor();
-    let mut start = period * (mult.powf(n) - 1.0) / (mult - 1.0);
-    let mut current = period * mult.powf(n);
-    // Guard the floor of a logarithm against rounding at exact period boundaries.
-    if t < start {
-        current /= mult;
-        start -= current;
-    } else if t >= start + current {
-        start += current;
-        current *= mult;
+    let excess = mult - 1.0;
+    // ln(mult), accurate for mult near 1.
+    let growth = excess.ln_1p();
+    // Start and length of period `k`. `powf` keeps "nice" values exact (mult 2,
+    // integer periods); near mult = 1 `mult^k - 1` cancels, so use
+    // expm1(k ln mult) there.
+    let period_k = |k: f64| {
+        let grown = if excess >= 0.01 {
+            mult.powf(k) - 1.0
+        } else {
+            (k * growth).exp_m1()
+        };
+        (period * grown / excess, period * (grown + 1.0))
+    };
+    let tolerance = 1e-12 * t;
+    let mut n = ((t / period * excess).ln_1p() / growth).floor();
+    // The logarithm may round across a boundary: correct by one period either way,
+    // treating a step within `tolerance` of a boundary as on it.
+    let (mut start, mut current) = period_k(n);
+    if t < start - tolerance {
+        n -= 1.0;
+        (start, current) = period_k(n);
+    } else {
+        let (next_start, next_current) = period_k(n + 1.0);
+        if t >= next_start - tolerance {
+            (start, current) = (next_start, next_current);
+        }
     }
-    (t - start, current)
+    let position = t - start;
+    let position = if position <= tolerance { 0.0 } else { position };
+    (position, current)
 }
 
 /// Steps through a graph: the serializable cursor of a run. Schedules are pure, so
@@ -307,5 +333,138 @@ impl Evaluator {
         self.graph.eval_into(step as f64, out);
         self.step += 1;
         step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference: walk the periods one by one (`T_i` grows by `mult` at each restart).
+    fn walk(t: f64, period: f64, mult: f64) -> (f64, f64) {
+        let mut start = 0.0;
+        let mut current = period;
+        while t >= start + current {
+            start += current;
+            current *= mult;
+        }
+        (t - start, current)
+    }
+
+    #[test]
+    fn before_the_first_restart() {
+        assert_eq!(restart_position(0.0, 10.0, 2.0), (0.0, 10.0));
+        assert_eq!(restart_position(9.5, 10.0, 2.0), (9.5, 10.0));
+        assert_eq!(restart_position(9.0, 10.0, 1.0), (9.0, 10.0));
+    }
+
+    #[test]
+    fn mult_one_is_modulo() {
+        // T_cur = t % T_0
+        assert_eq!(restart_position(10.0, 10.0, 1.0), (0.0, 10.0));
+        assert_eq!(restart_position(37.0, 10.0, 1.0), (7.0, 10.0));
+        assert_eq!(restart_position(1e6 + 3.0, 10.0, 1.0), (3.0, 10.0));
+        assert_eq!(restart_position(7.5, 2.5, 1.0), (0.0, 2.5));
+    }
+
+    #[test]
+    fn mult_two_boundaries() {
+        // periods 10, 20, 40, 80 start at 0, 10, 30, 70
+        assert_eq!(restart_position(9.0, 10.0, 2.0), (9.0, 10.0));
+        assert_eq!(restart_position(10.0, 10.0, 2.0), (0.0, 20.0));
+        assert_eq!(restart_position(29.0, 10.0, 2.0), (19.0, 20.0));
+        assert_eq!(restart_position(30.0, 10.0, 2.0), (0.0, 40.0));
+        assert_eq!(restart_position(69.0, 10.0, 2.0), (39.0, 40.0));
+        assert_eq!(restart_position(70.0, 10.0, 2.0), (0.0, 80.0));
+    }
+
+    #[test]
+    fn integer_periods_match_the_walk_exactly() {
+        // With integer periods every start is an exact integer, so the closed form
+        // must agree bit for bit with the walk at every step, boundaries included.
+        for (period, mult) in [(10.0, 2.0), (1.0, 2.0), (3.0, 3.0), (7.0, 5.0), (1.0, 10.0)] {
+            for t in 0..200_000u32 {
+                let t = f64::from(t);
+                assert_eq!(
+                    restart_position(t, period, mult),
+                    walk(t, period, mult),
+                    "t {t}, period {period}, mult {mult}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fractional_boundaries_restart() {
+        // period 7, mult 1.3: periods 7, 9.1, 11.83 start at 0, 7, 16.1. The old
+        // guard put t = 7 at the *end* of period 0 (position ~7 of ~7), because
+        // 7 * 0.3 / 0.3 rounds to 7.000000000000001.
+        let (pos, current) = restart_position(7.0, 7.0, 1.3);
+        assert_eq!(pos, 0.0);
+        assert!((current - 9.1).abs() < 1e-12 * 9.1, "{current}");
+        let (pos, current) = restart_position(16.1, 7.0, 1.3);
+        assert_eq!(pos, 0.0);
+        assert!((current - 11.83).abs() < 1e-12 * 11.83, "{current}");
+        // period 10, mult 1.5: starts 0, 10, 25, 47.5 (all exact)
+        assert_eq!(restart_position(24.0, 10.0, 1.5), (14.0, 15.0));
+        assert_eq!(restart_position(25.0, 10.0, 1.5), (0.0, 22.5));
+        assert_eq!(restart_position(47.0, 10.0, 1.5), (22.0, 22.5));
+        assert_eq!(restart_position(47.5, 10.0, 1.5), (0.0, 33.75));
+        assert_eq!(restart_position(48.0, 10.0, 1.5), (0.5, 33.75));
+        // T_0 1, T_mult 3: step 121 starts the period of 243 (PyTorch's
+        // int(log(243, 3)) = 4 reports T_cur = T_i = 81 there).
+        assert_eq!(restart_position(120.0, 1.0, 3.0), (80.0, 81.0));
+        assert_eq!(restart_position(121.0, 1.0, 3.0), (0.0, 243.0));
+    }
+
+    #[test]
+    fn every_walked_boundary_is_a_restart() {
+        for (period, mult) in [
+            (7.0, 1.3),
+            (0.37, 1.7),
+            (3.3, 2.0),
+            (10.0, 1.5),
+            (10.0, 1.0 + 1e-9),
+            (1000.0, 1.000_000_1),
+        ] {
+            let mut start = 0.0;
+            let mut current = period;
+            for k in 0..40 {
+                let (pos, got) = restart_position(start, period, mult);
+                assert_eq!(
+                    pos, 0.0,
+                    "period {period}, mult {mult}, restart {k} at {start}"
+                );
+                let rel = ((got - current) / current).abs();
+                assert!(
+                    rel < 1e-12,
+                    "period {period}, mult {mult}: {got} vs {current}"
+                );
+                start += current;
+                current *= mult;
+            }
+        }
+    }
+
+    #[test]
+    fn fractional_mult_stays_inside_the_period() {
+        // Period boundaries are inexact here; the position must still lie in
+        // [0, current) and the period must be one of period * mult^n.
+        for mult in [1.5, 1.1, 1.01, 1.001, 1.000_001] {
+            for t in 0..100_000u32 {
+                let t = f64::from(t);
+                let (pos, current) = restart_position(t, 10.0, mult);
+                assert!(
+                    (0.0..current).contains(&pos),
+                    "t {t}, mult {mult}: position {pos} outside [0, {current})"
+                );
+                let (_, walked) = walk(t, 10.0, mult);
+                let rel = ((current - walked) / walked).abs();
+                assert!(
+                    rel < 1e-9,
+                    "t {t}, mult {mult}: period {current} vs {walked}"
+                );
+            }
+        }
     }
 }

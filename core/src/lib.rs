@@ -3,9 +3,11 @@
 //! progress), evaluates it step by step, and records what it produced in a [`Trace`].
 
 pub mod graph;
+/// The argument vocabulary shared with plugins (the `regimen-plugin` SDK).
+pub use regimen_plugin as plugin;
 pub mod schedule;
 pub mod trace;
 
-pub use graph::{BinaryOp, GraphError, Node, NodeId, ScalarGraph, ScalarOutput, Evaluator};
-pub use schedule::{Anneal, CyclicMode, Schedule, WarmupShape, DecayShape};
+pub use graph::{BinaryOp, Evaluator, GraphError, Node, NodeId, ScalarGraph, ScalarOutput};
+pub use schedule::{Anneal, CyclicMode, DecayShape, Schedule, WarmupShape};
 pub use trace::{format_value, round_significant, Trace, TraceRecord, SNAPSHOT_SIGNIFICANT_DIGITS};

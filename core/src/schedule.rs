@@ -253,10 +253,444 @@ impl Schedule {
 }
 
 mod formulas {
-    //! The closed forms, one function per schedule.
+    //! The closed forms, one function per schedule. Every function is a handful of
+    //! float operations: no allocation, and the only scans are binary searches
+    //! (`partition_point`) over the milestone/knot vectors.
     use super::*;
+    use std::f64::consts::PI;
 
-    pub(super) fn value(_s: &Schedule, _t: f64, _len: f64) -> f64 {
-        f64::NAN
+    pub(super) fn value(s: &Schedule, t: f64, len: f64) -> f64 {
+        match s {
+            Schedule::Constant { value } => *value,
+            Schedule::Step {
+                init,
+                every,
+                factor,
+            } => step(*init, *every, *factor, t),
+            Schedule::MultiStep {
+                init,
+                milestones,
+                factor,
+            } => multi_step(*init, milestones, *factor, t),
+            Schedule::Exponential {
+                init,
+                factor,
+                every,
+                staircase,
+            } => exponential(*init, *factor, *every, *staircase, t),
+            Schedule::InverseTime {
+                init,
+                rate,
+                every,
+                staircase,
+            } => inverse_time(*init, *rate, *every, *staircase, t),
+            Schedule::Linear { from, to } => linear(*from, *to, t, len),
+            Schedule::Cosine { from, to } => cosine(*from, *to, t, len),
+            Schedule::Polynomial { from, to, power } => polynomial(*from, *to, *power, t, len),
+            Schedule::OneCycle {
+                peak,
+                pct_start,
+                div_factor,
+                final_div_factor,
+                anneal,
+                three_phase,
+            } => {
+                let initial = peak / div_factor;
+                let min = initial / final_div_factor;
+                // Values at the phase ends: two-phase initial → peak → min,
+                // three-phase initial → peak → initial → min.
+                let ends = if *three_phase {
+                    [initial, *peak, initial, min]
+                } else {
+                    [initial, *peak, min, min]
+                };
+                one_cycle(ends, *pct_start, *anneal, *three_phase, t, len)
+            }
+            Schedule::OneCycleMomentum {
+                base,
+                max,
+                pct_start,
+                anneal,
+                three_phase,
+            } => {
+                // Momentum mirrors the lr: two-phase max → base → max,
+                // three-phase max → base → max → max.
+                let ends = [*max, *base, *max, *max];
+                one_cycle(ends, *pct_start, *anneal, *three_phase, t, len)
+            }
+            Schedule::Cyclic {
+                low,
+                high,
+                up,
+                down,
+                mode,
+            } => cyclic(*low, *high, *up, *down, *mode, t),
+            Schedule::InverseSqrt {
+                peak,
+                warmup,
+                timescale,
+            } => inverse_sqrt(*peak, *warmup, *timescale, t),
+            Schedule::WarmupStableDecay {
+                peak,
+                warmup,
+                stable,
+                decay,
+                min_ratio,
+                warmup_shape,
+                decay_shape,
+            } => {
+                let stable = match stable {
+                    Some(stable) => *stable,
+                    None => (len - warmup - decay).max(0.0),
+                };
+                peak * wsd_factor(
+                    *warmup,
+                    stable,
+                    *decay,
+                    *min_ratio,
+                    *warmup_shape,
+                    *decay_shape,
+                    t,
+                )
+            }
+            Schedule::PiecewiseConstant { boundaries, values } => {
+                piecewise_constant(boundaries, values, t)
+            }
+            Schedule::PiecewiseLinear { points, values } => piecewise_linear(points, values, t),
+        }
+    }
+
+    /// Fraction of `len` elapsed at `t`, clamped to `[0, 1]`: `min(t, len) / len`.
+    /// At and after the end it is exactly 1 (also for `len <= 0`, so an empty
+    /// length means "already at the end" rather than `0 / 0`); an infinite length
+    /// gives 0.
+    fn progress(t: f64, len: f64) -> f64 {
+        if t >= len {
+            1.0
+        } else if t <= 0.0 {
+            0.0
+        } else {
+            t / len
+        }
+    }
+
+    /// PyTorch `StepLR` closed form: `init * factor^floor(t / every)`.
+    fn step(init: f64, every: f64, factor: f64, t: f64) -> f64 {
+        // `powf` (C `pow`) rather than `powi`, like Python's `gamma ** n`.
+        init * factor.powf((t / every).floor())
+    }
+
+    /// PyTorch `MultiStepLR` closed form: `init * factor^bisect_right(milestones, t)`.
+    fn multi_step(init: f64, milestones: &[f64], factor: f64, t: f64) -> f64 {
+        let passed = milestones.partition_point(|m| *m <= t);
+        init * factor.powf(passed as f64)
+    }
+
+    /// optax `exponential_decay` (no `transition_begin`, no `end_value`).
+    fn exponential(init: f64, factor: f64, every: f64, staircase: bool, t: f64) -> f64 {
+        let mut p = t / every;
+        if staircase {
+            p = p.floor();
+        }
+        init * factor.powf(p)
+    }
+
+    /// Inverse time decay (TensorFlow `InverseTimeDecay`).
+    fn inverse_time(init: f64, rate: f64, every: f64, staircase: bool, t: f64) -> f64 {
+        let mut p = t / every;
+        if staircase {
+            p = p.floor();
+        }
+        init / (1.0 + rate * p)
+    }
+
+    /// `from + (to - from) * min(t, len) / len`.
+    fn linear(from: f64, to: f64, t: f64, len: f64) -> f64 {
+        let p = progress(t, len);
+        if p >= 1.0 {
+            // Exactly `to` at and after the end (`from + (to - from)` may be an ulp off).
+            return to;
+        }
+        from + (to - from) * p
+    }
+
+    /// `to + (from - to) * (1 + cos(pi * min(t, len) / len)) / 2`.
+    fn cosine(from: f64, to: f64, t: f64, len: f64) -> f64 {
+        to + (from - to) * (1.0 + (PI * progress(t, len)).cos()) / 2.0
+    }
+
+    /// optax `polynomial_schedule`: `(from - to) * (1 - min(t, len) / len)^power + to`.
+    fn polynomial(from: f64, to: f64, power: f64, t: f64, len: f64) -> f64 {
+        (from - to) * (1.0 - progress(t, len)).powf(power) + to
+    }
+
+    /// PyTorch `_annealing_cos` / `_annealing_linear`.
+    fn anneal(kind: Anneal, start: f64, end: f64, pct: f64) -> f64 {
+        match kind {
+            Anneal::Cos => end + (start - end) / 2.0 * ((PI * pct).cos() + 1.0),
+            Anneal::Linear => (end - start) * pct + start,
+        }
+    }
+
+    /// PyTorch `OneCycleLR.get_lr` with `total_steps = len`. `ends` holds the value
+    /// at the start of phase 1 and at the end of phases 1, 2 and 3 (the last entry is
+    /// unused for two phases).
+    ///
+    /// Phase ends (inclusive, in steps): two-phase `pct_start * total - 1` and
+    /// `total - 1`; three-phase `pct_start * total - 1`, `2 * pct_start * total - 2`
+    /// and `total - 1`. Within a phase `pct = (t - start) / (end - start)`, where
+    /// `start` is the previous phase's end (0 for the first phase).
+    ///
+    /// Deviations from PyTorch, both for steps PyTorch does not define:
+    /// - past `total - 1` PyTorch extrapolates the last phase (pct > 1) at
+    ///   `t = total` and raises an error after it; here `pct` is clamped to 1 in the
+    ///   last phase, so the schedule holds its final value (`min_lr`, or
+    ///   `max_momentum`) forever after;
+    /// - a phase of zero or negative span (e.g. `pct_start * total <= 1`) divides by
+    ///   zero in PyTorch; here it counts as complete (`pct = 1`).
+    fn one_cycle(
+        ends: [f64; 4],
+        pct_start: f64,
+        kind: Anneal,
+        three_phase: bool,
+        t: f64,
+        total: f64,
+    ) -> f64 {
+        let first_end = pct_start * total - 1.0;
+        let (phase_ends, phases) = if three_phase {
+            ([first_end, 2.0 * pct_start * total - 2.0, total - 1.0], 3)
+        } else {
+            ([first_end, total - 1.0, total - 1.0], 2)
+        };
+        let mut start_step = 0.0;
+        for (i, end_step) in phase_ends.iter().copied().enumerate().take(phases) {
+            let last = i + 1 == phases;
+            if t <= end_step || last {
+                let span = end_step - start_step;
+                let mut pct = if span > 0.0 {
+                    (t - start_step) / span
+                } else {
+                    1.0
+                };
+                if last {
+                    pct = pct.min(1.0);
+                }
+                return anneal(kind, ends[i], ends[i + 1], pct);
+            }
+            start_step = end_step;
+        }
+        // Unreachable: the last phase always returns.
+        ends[phases]
+    }
+
+    /// PyTorch `CyclicLR` (`scale_mode` "cycle" for triangular/triangular2,
+    /// "iterations" for exp_range).
+    fn cyclic(low: f64, high: f64, up: f64, down: f64, mode: CyclicMode, t: f64) -> f64 {
+        let total = up + down;
+        let step_ratio = up / total;
+        let cycle = (1.0 + t / total).floor();
+        let x = 1.0 + t / total - cycle;
+        let scale = if x <= step_ratio {
+            x / step_ratio
+        } else {
+            (x - 1.0) / (step_ratio - 1.0)
+        };
+        let height = (high - low) * scale;
+        match mode {
+            CyclicMode::Triangular => low + height,
+            CyclicMode::Triangular2 => low + height * (1.0 / 2f64.powf(cycle - 1.0)),
+            CyclicMode::ExpRange { gamma } => low + height * gamma.powf(t),
+        }
+    }
+
+    /// Hugging Face `get_inverse_sqrt_schedule` times `peak`.
+    fn inverse_sqrt(peak: f64, warmup: f64, timescale: f64, t: f64) -> f64 {
+        if t < warmup {
+            return peak * t / warmup.max(1.0);
+        }
+        let shift = timescale - warmup;
+        peak / ((t + shift) / timescale).sqrt()
+    }
+
+    /// Hugging Face `_get_wsd_scheduler_lambda` (`num_cycles = 0.5`): the factor
+    /// applied to `peak`.
+    fn wsd_factor(
+        warmup: f64,
+        stable: f64,
+        decay: f64,
+        min_ratio: f64,
+        warmup_shape: WarmupShape,
+        decay_shape: DecayShape,
+        t: f64,
+    ) -> f64 {
+        if t < warmup {
+            let p = t / warmup.max(1.0);
+            let factor = match warmup_shape {
+                WarmupShape::Linear => p,
+                WarmupShape::Cosine => 0.5 * (1.0 - (PI * p).cos()),
+                WarmupShape::OneMinusSqrt => 1.0 - (1.0 - p).sqrt(),
+            };
+            return (factor * (1.0 - min_ratio) + min_ratio).max(0.0);
+        }
+        if t < warmup + stable {
+            return 1.0;
+        }
+        if t < warmup + stable + decay {
+            let p = (t - warmup - stable) / decay.max(1.0);
+            let factor = match decay_shape {
+                DecayShape::Linear => 1.0 - p,
+                DecayShape::Cosine => 0.5 * (1.0 + (PI * p).cos()),
+                DecayShape::OneMinusSqrt => 1.0 - p.sqrt(),
+            };
+            return (factor * (1.0 - min_ratio) + min_ratio).max(0.0);
+        }
+        min_ratio
+    }
+
+    /// `values[i]` where `i` is the number of boundaries `<= t`.
+    fn piecewise_constant(boundaries: &[f64], values: &[f64], t: f64) -> f64 {
+        let i = boundaries.partition_point(|b| *b <= t);
+        // A malformed schedule (too few values) yields NaN rather than a panic.
+        values.get(i).copied().unwrap_or(f64::NAN)
+    }
+
+    /// Linear interpolation through the knots, constant outside them.
+    fn piecewise_linear(points: &[f64], values: &[f64], t: f64) -> f64 {
+        let i = points.partition_point(|p| *p <= t);
+        if i == 0 {
+            return values.first().copied().unwrap_or(f64::NAN);
+        }
+        if i >= points.len() {
+            return values.get(points.len() - 1).copied().unwrap_or(f64::NAN);
+        }
+        match (
+            points.get(i - 1),
+            points.get(i),
+            values.get(i - 1),
+            values.get(i),
+        ) {
+            (Some(p0), Some(p1), Some(v0), Some(v1)) => {
+                let pct = (t - p0) / (p1 - p0);
+                (v1 - v0) * pct + v0
+            }
+            _ => f64::NAN,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn progress_is_clamped() {
+            assert_eq!(progress(0.0, 10.0), 0.0);
+            assert_eq!(progress(5.0, 10.0), 0.5);
+            assert_eq!(progress(10.0, 10.0), 1.0);
+            assert_eq!(progress(11.0, 10.0), 1.0);
+            // An empty length is already over; an infinite one never starts.
+            assert_eq!(progress(0.0, 0.0), 1.0);
+            assert_eq!(progress(1e12, f64::INFINITY), 0.0);
+        }
+
+        #[test]
+        fn onecycle_empty_phase_counts_as_done() {
+            // total 10, pct_start 0.1: phase 1 ends at 0.1 * 10 - 1 = 0, a zero
+            // span (PyTorch divides by zero). Step 0 is the end of phase 1 (peak).
+            let ends = [0.004, 0.1, 4e-7, 4e-7];
+            assert_eq!(one_cycle(ends, 0.1, Anneal::Linear, false, 0.0, 10.0), 0.1);
+            // Phase 2 from 0 to 9: pct 4.5/9 = 0.5
+            let mid = one_cycle(ends, 0.1, Anneal::Linear, false, 4.5, 10.0);
+            assert!((mid - (4e-7 - 0.1) * 0.5 - 0.1).abs() < 1e-15);
+        }
+
+        #[test]
+        fn no_panic_on_degenerate_parameters() {
+            let odd = [0.0, -1.0, f64::NAN, f64::INFINITY, -f64::INFINITY, 1e308];
+            for &a in &odd {
+                let schedules = [
+                    Schedule::Constant { value: a },
+                    Schedule::Step {
+                        init: 1.0,
+                        every: a,
+                        factor: a,
+                    },
+                    Schedule::MultiStep {
+                        init: a,
+                        milestones: vec![a, 1.0],
+                        factor: 0.5,
+                    },
+                    Schedule::Exponential {
+                        init: 1.0,
+                        factor: a,
+                        every: a,
+                        staircase: true,
+                    },
+                    Schedule::InverseTime {
+                        init: 1.0,
+                        rate: a,
+                        every: a,
+                        staircase: false,
+                    },
+                    Schedule::Linear { from: a, to: 1.0 },
+                    Schedule::Cosine { from: 1.0, to: a },
+                    Schedule::Polynomial {
+                        from: 1.0,
+                        to: 0.0,
+                        power: a,
+                    },
+                    Schedule::OneCycle {
+                        peak: 1.0,
+                        pct_start: a,
+                        div_factor: a,
+                        final_div_factor: a,
+                        anneal: Anneal::Cos,
+                        three_phase: true,
+                    },
+                    Schedule::OneCycleMomentum {
+                        base: 0.85,
+                        max: 0.95,
+                        pct_start: a,
+                        anneal: Anneal::Linear,
+                        three_phase: false,
+                    },
+                    Schedule::Cyclic {
+                        low: 0.0,
+                        high: 1.0,
+                        up: a,
+                        down: a,
+                        mode: CyclicMode::ExpRange { gamma: a },
+                    },
+                    Schedule::InverseSqrt {
+                        peak: 1.0,
+                        warmup: a,
+                        timescale: a,
+                    },
+                    Schedule::WarmupStableDecay {
+                        peak: 1.0,
+                        warmup: a,
+                        stable: None,
+                        decay: a,
+                        min_ratio: a,
+                        warmup_shape: WarmupShape::OneMinusSqrt,
+                        decay_shape: DecayShape::OneMinusSqrt,
+                    },
+                    Schedule::PiecewiseConstant {
+                        boundaries: vec![a, a],
+                        values: vec![],
+                    },
+                    Schedule::PiecewiseLinear {
+                        points: vec![a, 0.0, a],
+                        values: vec![1.0],
+                    },
+                ];
+                for s in &schedules {
+                    for &t in &[0.0, 1.0, 1e9, f64::NAN] {
+                        for &len in &[0.0, 10.0, f64::INFINITY, f64::NAN] {
+                            let _ = value(s, t, len);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -74,7 +74,11 @@ impl Trace {
                 .iter()
                 .map(|r| TraceRecord {
                     step: r.step,
-                    values: r.values.iter().map(|v| round_significant(*v, digits)).collect(),
+                    values: r
+                        .values
+                        .iter()
+                        .map(|v| round_significant(*v, digits))
+                        .collect(),
                 })
                 .collect(),
         }
@@ -107,7 +111,14 @@ pub fn format_value(value: f64) -> String {
     } else if value.is_infinite() {
         if value > 0.0 { "inf" } else { "-inf" }.to_string()
     } else {
-        format!("{value}")
+        // Scientific notation where plain would be long (Python's `repr` rule):
+        // `1e-9`, not `0.000000001`.
+        let magnitude = value.abs();
+        if magnitude != 0.0 && !(1e-4..1e16).contains(&magnitude) {
+            format!("{value:e}")
+        } else {
+            format!("{value}")
+        }
     }
 }
 

@@ -213,6 +213,8 @@ impl<'a> Compiler<'a> {
         let mut batch: Option<Setting<'a>> = None;
         let mut horizon: Option<Setting<'a>> = None;
         let mut assigned: Vec<(&'a str, &'a Stmt, &'a Expr)> = Vec::new();
+        // Values of rejected assignments: still checked, so their errors show too.
+        let mut rejected: Vec<&'a Expr> = Vec::new();
 
         for stmt in &script.stmts {
             match &stmt.kind {
@@ -295,6 +297,7 @@ impl<'a> Compiler<'a> {
                     {
                         let first_span = first.span;
                         self.error(duplicate(target, first_span));
+                        rejected.push(value);
                         continue;
                     }
                     assigned.push((target.name.as_str(), stmt, value));
@@ -375,6 +378,9 @@ impl<'a> Compiler<'a> {
             if let Some(node) = self.scalar_output(name, value, expr.span) {
                 self.graph.add_output(*name, node);
             }
+        }
+        for expr in rejected {
+            self.value(expr);
         }
         if let Some(node) = implicit_momentum {
             self.graph.add_output("momentum", node);

@@ -1,0 +1,106 @@
+//! Every script in `examples/` pinned as a snapshot of its trace, through the same
+//! `regimen::assert_trace_snapshot!` macro users call in their own crates. The
+//! snapshots (`tests/snapshots/example_traces__<name>.snap`) are CSV, one line per
+//! step, values rounded to `regimen::SNAPSHOT_SIGNIFICANT_DIGITS` digits: review a
+//! changed one line by line against the schedule's formula before accepting it.
+#![cfg(feature = "snapshot")]
+
+use regimen::assert_trace_snapshot;
+
+#[test]
+fn cosine_annealing() {
+    assert_trace_snapshot!("examples/cosine_annealing.regimen");
+}
+
+#[test]
+fn cyclic() {
+    assert_trace_snapshot!("examples/cyclic.regimen");
+}
+
+#[test]
+fn exponential_decay() {
+    // No horizon in the script: the step count comes from the test.
+    assert_trace_snapshot!("examples/exponential_decay.regimen", steps = 60);
+}
+
+#[test]
+fn inverse_time_decay() {
+    assert_trace_snapshot!("examples/inverse_time_decay.regimen", steps = 60);
+}
+
+#[test]
+fn multistep() {
+    // 90 epochs of 20 steps: every 10th step still shows each drop.
+    assert_trace_snapshot!("examples/multistep.regimen", every = 10);
+}
+
+#[test]
+fn onecycle() {
+    assert_trace_snapshot!("examples/onecycle.regimen");
+}
+
+#[test]
+fn polynomial() {
+    assert_trace_snapshot!("examples/polynomial.regimen");
+}
+
+#[test]
+fn sgdr() {
+    assert_trace_snapshot!("examples/sgdr.regimen");
+}
+
+#[test]
+fn step_decay() {
+    assert_trace_snapshot!("examples/step_decay.regimen", steps = 100);
+}
+
+#[test]
+fn transformer() {
+    assert_trace_snapshot!("examples/transformer.regimen");
+}
+
+#[test]
+fn warmup_cosine() {
+    assert_trace_snapshot!("examples/warmup_cosine.regimen", steps = 100);
+}
+
+#[test]
+fn wsd() {
+    assert_trace_snapshot!("examples/wsd.regimen");
+}
+
+/// The options of the macro: `steps_per_epoch` overrides the script's epoch length
+/// and `name` the snapshot's name.
+#[test]
+fn multistep_with_shorter_epochs() {
+    assert_trace_snapshot!(
+        "examples/multistep.regimen",
+        steps_per_epoch = 2,
+        name = "multistep_2_steps_per_epoch",
+    );
+}
+
+/// Every example has a test above: a new script in `examples/` must get one.
+#[test]
+fn every_example_is_snapshot_tested() -> Result<(), Box<dyn std::error::Error>> {
+    let this_file = include_str!("example_traces.rs");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "regimen") {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !this_file.contains(&format!("\"examples/{name}\"")) {
+                missing.push(name);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "examples without a snapshot test: {missing:?}"
+    );
+    Ok(())
+}

@@ -1018,7 +1018,7 @@ impl<'a> Compiler<'a> {
         let base = bound.number(self, "base_momentum", Some(0.85))?;
         let max = bound.number(self, "max_momentum", Some(0.95))?;
         let pct_start = bound.number(self, "pct_start", Some(0.3))?;
-        let anneal = bound.choice(self, "anneal", &["cos", "linear"], "cos")?;
+        let anneal = bound.anneal(self)?;
         let three_phase = bound.bool(self, "three_phase", false);
         let over = bound.opt_length(self, "over");
         // The lr call already reported anything wrong with these arguments.
@@ -1030,11 +1030,7 @@ impl<'a> Compiler<'a> {
             base,
             max,
             pct_start,
-            anneal: if anneal == "linear" {
-                Anneal::Linear
-            } else {
-                Anneal::Cos
-            },
+            anneal,
             three_phase,
         }));
         Some(match over {
@@ -1370,7 +1366,7 @@ impl<'a> Compiler<'a> {
         let pct_start = b.fraction(self, "pct_start", 0.3);
         let div_factor = b.positive(self, "div_factor", Some(25.0));
         let final_div_factor = b.positive(self, "final_div_factor", Some(1e4));
-        let anneal = b.choice(self, "anneal", &["cos", "linear"], "cos");
+        let anneal = b.anneal(self);
         let three_phase = b.bool(self, "three_phase", false);
         b.bool(self, "cycle_momentum", true);
         b.fraction_number(self, "base_momentum", 0.85);
@@ -1380,11 +1376,7 @@ impl<'a> Compiler<'a> {
             pct_start: pct_start?,
             div_factor: div_factor?,
             final_div_factor: final_div_factor?,
-            anneal: if anneal? == "linear" {
-                Anneal::Linear
-            } else {
-                Anneal::Cos
-            },
+            anneal: anneal?,
             three_phase,
         };
         self.finish(&b, schedule, over)
@@ -1401,17 +1393,13 @@ impl<'a> Compiler<'a> {
         let max = b.fraction_number(self, "max", 0.95);
         let over = b.opt_length(self, "over");
         let pct_start = b.fraction(self, "pct_start", 0.3);
-        let anneal = b.choice(self, "anneal", &["cos", "linear"], "cos");
+        let anneal = b.anneal(self);
         let three_phase = b.bool(self, "three_phase", false);
         let schedule = Schedule::OneCycleMomentum {
             base: base?,
             max: max?,
             pct_start: pct_start?,
-            anneal: if anneal? == "linear" {
-                Anneal::Linear
-            } else {
-                Anneal::Cos
-            },
+            anneal: anneal?,
             three_phase,
         };
         self.finish(&b, schedule, over)
@@ -2011,6 +1999,16 @@ impl Bound {
         }
         self.fail(c, d);
         None
+    }
+
+    /// One-cycle interpolation: `anneal: cos` (default) or `anneal: linear`.
+    fn anneal(&mut self, c: &mut Compiler<'_>) -> Option<Anneal> {
+        let word = self.choice(c, "anneal", &["cos", "linear"], "cos")?;
+        Some(if word == "linear" {
+            Anneal::Linear
+        } else {
+            Anneal::Cos
+        })
     }
 
     /// `a -> b`; with `number_means_to_zero`, a single number `a` means `a -> 0`.

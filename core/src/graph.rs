@@ -204,23 +204,35 @@ impl ScalarGraph {
     }
 
     /// Value of `node` at local step `t` with contextual length `len`.
+    ///
+    /// Total on any graph, validated or not: a missing node, or a child that does not
+    /// precede its parent (which could form a cycle), evaluates to NaN instead of
+    /// panicking or recursing forever. [`ScalarGraph::validate`] reports such graphs.
     pub fn eval_node(&self, node: NodeId, t: f64, len: f64) -> f64 {
-        match &self.nodes[node as usize] {
-            Node::Schedule(schedule) => schedule.value(t, len),
-            Node::Neg(x) => -self.eval_node(*x, t, len),
-            Node::Binary { op, lhs, rhs } => {
-                op.apply(self.eval_node(*lhs, t, len), self.eval_node(*rhs, t, len))
+        let child = |id: NodeId, t: f64, len: f64| {
+            if id < node {
+                self.eval_node(id, t, len)
+            } else {
+                f64::NAN
             }
-            Node::Over { inner, len: own } => self.eval_node(*inner, t, *own),
+        };
+        let Some(current) = self.nodes.get(node as usize) else {
+            return f64::NAN;
+        };
+        match current {
+            Node::Schedule(schedule) => schedule.value(t, len),
+            Node::Neg(x) => -child(*x, t, len),
+            Node::Binary { op, lhs, rhs } => op.apply(child(*lhs, t, len), child(*rhs, t, len)),
+            Node::Over { inner, len: own } => child(*inner, t, *own),
             Node::Then {
                 first,
                 first_len,
                 second,
             } => {
                 if t < *first_len {
-                    self.eval_node(*first, t, *first_len)
+                    child(*first, t, *first_len)
                 } else {
-                    self.eval_node(*second, t - first_len, len - first_len)
+                    child(*second, t - first_len, len - first_len)
                 }
             }
             Node::Restarts {
@@ -229,14 +241,17 @@ impl ScalarGraph {
                 mult,
             } => {
                 let (position, current) = restart_position(t, *period, *mult);
-                self.eval_node(*inner, position, current)
+                child(*inner, position, current)
             }
         }
     }
 
-    /// Value of output `index` at step `t`.
+    /// Value of output `index` at step `t` (NaN if there is no such output).
     pub fn eval_output(&self, index: usize, t: f64) -> f64 {
-        self.eval_node(self.outputs[index].node, t, self.root_length())
+        match self.outputs.get(index) {
+            Some(output) => self.eval_node(output.node, t, self.root_length()),
+            None => f64::NAN,
+        }
     }
 
     /// Evaluate every output at step `t` into `out` (one slot per output).

@@ -515,3 +515,20 @@ fn evaluator_steps_and_matches_eval_output() {
     assert_eq!(ev.step(), 120);
     assert_eq!(ev.graph(), &g);
 }
+
+#[test]
+fn evaluating_an_unvalidated_malformed_graph_gives_nan_not_a_panic() {
+    use regimen_core::{Node, ScalarGraph};
+    // A self-reference and a dangling reference, as a corrupted file could hold.
+    let mut graph = ScalarGraph::new(None);
+    graph.nodes.push(Node::Neg(0));
+    graph.nodes.push(Node::Neg(7));
+    graph.add_output("lr", 0);
+    graph.add_output("momentum", 1);
+    graph.add_output("beta1", 9);
+    assert!(graph.validate().is_err());
+    assert!(graph.eval_output(0, 3.0).is_nan());
+    assert!(graph.eval_output(1, 3.0).is_nan());
+    assert!(graph.eval_output(2, 3.0).is_nan());
+    assert!(graph.eval_output(99, 3.0).is_nan());
+}

@@ -107,6 +107,7 @@ pub fn compile_script(
         batch_size: options.batch_size,
         horizon: None,
         horizon_failed: false,
+        onecycle_momenta: HashMap::new(),
     };
     compiler.run(script);
     let mut diagnostics = compiler.diagnostics;
@@ -191,6 +192,9 @@ struct Compiler<'a> {
     steps_per_epoch: Option<f64>,
     batch_size: Option<f64>,
     horizon: Option<f64>,
+    /// The inverse momentum cycle of each `onecycle(…)` call with `cycle_momentum`
+    /// on, by the call's start offset; used when `lr` is that call.
+    onecycle_momenta: HashMap<usize, (Schedule, Option<f64>)>,
     /// A horizon statement exists but was rejected: do not also complain that
     /// schedules lack a length.
     horizon_failed: bool,
@@ -372,8 +376,9 @@ impl<'a> Compiler<'a> {
         let mut implicit_momentum = None;
         for (name, _stmt, expr) in &assigned {
             let value = self.value(expr);
-            if *name == "lr" && !momentum_assigned {
-                implicit_momentum = self.onecycle_momentum_of(expr);
+            if *name == "lr" && !momentum_assigned && matches!(expr.kind, ExprKind::Call { .. }) {
+                // PyTorch's OneCycleLR cycles momentum inversely unless told not to.
+                implicit_momentum = self.onecycle_momenta.remove(&expr.span.start);
             }
             if let Some(node) = self.scalar_output(name, value, expr.span) {
                 self.graph.add_output(*name, node);
@@ -382,7 +387,11 @@ impl<'a> Compiler<'a> {
         for expr in rejected {
             self.value(expr);
         }
-        if let Some(node) = implicit_momentum {
+        if let Some((momentum, over)) = implicit_momentum {
+            let mut node = self.graph.push(Node::Schedule(momentum));
+            if let Some(len) = over {
+                node = self.graph.push(Node::Over { inner: node, len });
+            }
             self.graph.add_output("momentum", node);
         }
         for name in &self.let_order {
@@ -1003,42 +1012,6 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    /// If `expr` is a direct `onecycle(…)` call with momentum cycling on, its momentum
-    /// schedule (PyTorch OneCycleLR cycles momentum inversely by default).
-    fn onecycle_momentum_of(&mut self, expr: &Expr) -> Option<NodeId> {
-        let ExprKind::Call { name, args } = &expr.kind else {
-            return None;
-        };
-        if name.name != "onecycle" {
-            return None;
-        }
-        let before = self.diagnostics.len();
-        let mut bound = self.bind(name, args, ONECYCLE_PARAMS, expr.span)?;
-        let cycle = bound.bool(self, "cycle_momentum", true);
-        let base = bound.number(self, "base_momentum", Some(0.85))?;
-        let max = bound.number(self, "max_momentum", Some(0.95))?;
-        let pct_start = bound.number(self, "pct_start", Some(0.3))?;
-        let anneal = bound.anneal(self)?;
-        let three_phase = bound.bool(self, "three_phase", false);
-        let over = bound.opt_length(self, "over");
-        // The lr call already reported anything wrong with these arguments.
-        self.diagnostics.truncate(before);
-        if !cycle {
-            return None;
-        }
-        let node = self.graph.push(Node::Schedule(Schedule::OneCycleMomentum {
-            base,
-            max,
-            pct_start,
-            anneal,
-            three_phase,
-        }));
-        Some(match over {
-            Some(len) => self.graph.push(Node::Over { inner: node, len }),
-            None => node,
-        })
-    }
-
     fn check_ranges(&mut self, assigned: &[(&'a str, &'a Stmt, &'a Expr)]) {
         let total = self
             .graph
@@ -1368,15 +1341,26 @@ impl<'a> Compiler<'a> {
         let final_div_factor = b.positive(self, "final_div_factor", Some(1e4));
         let anneal = b.anneal(self);
         let three_phase = b.bool(self, "three_phase", false);
-        b.bool(self, "cycle_momentum", true);
-        b.fraction_number(self, "base_momentum", 0.85);
-        b.fraction_number(self, "max_momentum", 0.95);
+        let cycle_momentum = b.bool(self, "cycle_momentum", true);
+        let base_momentum = b.fraction_number(self, "base_momentum", 0.85);
+        let max_momentum = b.fraction_number(self, "max_momentum", 0.95);
+        let (pct_start, anneal) = (pct_start?, anneal?);
+        if cycle_momentum {
+            let momentum = Schedule::OneCycleMomentum {
+                base: base_momentum?,
+                max: max_momentum?,
+                pct_start,
+                anneal,
+                three_phase,
+            };
+            self.onecycle_momenta.insert(span.start, (momentum, over));
+        }
         let schedule = Schedule::OneCycle {
             peak: peak?,
-            pct_start: pct_start?,
+            pct_start,
             div_factor: div_factor?,
             final_div_factor: final_div_factor?,
-            anneal: anneal?,
+            anneal,
             three_phase,
         };
         self.finish(&b, schedule, over)

@@ -162,11 +162,31 @@ impl TraceOptions {
 /// diagnostics point at the same path the user wrote.
 pub fn read_source(path: impl AsRef<Path>) -> Result<SourceFile, Error> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(SourceFile::new(path.display().to_string(), text))
+    let name = path.display().to_string();
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(SourceFile::new(name, text)),
+        Err(error) => {
+            // Point at the first bad byte; the bytes before it are valid, so the
+            // lossy text has the same offsets up to there.
+            let offset = error.utf8_error().valid_up_to();
+            let bad = error.as_bytes().get(offset).copied().unwrap_or(0);
+            let text = String::from_utf8_lossy(error.as_bytes()).into_owned();
+            let diagnostic = regimen_dsl::Diagnostic::error(
+                regimen_dsl::Span::new(offset, offset + 1),
+                format!("the file is not UTF-8 text (byte {bad:#04x})"),
+            )
+            .with_label("not UTF-8")
+            .with_help("save the script as UTF-8");
+            Err(Error::Compile(Report {
+                file: SourceFile::new(name, text),
+                diagnostics: vec![diagnostic],
+            }))
+        }
+    }
 }
 
 /// Compile a script with the epoch and batch settings of `options`. Warnings are in

@@ -165,9 +165,20 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            match error.downcast_ref::<regimen::Error>() {
+                Some(error) => print_error(error),
+                None => eprintln!("error: {error:#}"),
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A rendered report already says `error:` on each diagnostic; other errors get it here.
+fn print_error(error: &regimen::Error) {
+    match error {
+        regimen::Error::Compile(report) => eprint!("{report}"),
+        other => eprintln!("error: {}", other.to_string_with_causes()),
     }
 }
 
@@ -265,7 +276,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         let file = match regimen::read_source(path) {
             Ok(file) => file,
             Err(error) => {
-                eprintln!("error: {}", error.to_string_with_causes());
+                print_error(&error);
                 failed += 1;
                 continue;
             }
@@ -370,7 +381,7 @@ fn fmt(args: &FmtArgs) -> anyhow::Result<ExitCode> {
         let file = match regimen::read_source(path) {
             Ok(file) => file,
             Err(error) => {
-                eprintln!("error: {}", error.to_string_with_causes());
+                print_error(&error);
                 failed = true;
                 continue;
             }

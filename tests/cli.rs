@@ -496,3 +496,24 @@ fn help_documents_every_command_and_flag() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn a_file_that_is_not_utf8_gets_a_located_diagnostic_and_is_not_rewritten() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("latin1.regimen");
+    let bytes = b"lr = 0.1 # caf\xe9\n";
+    std::fs::write(&path, bytes)?;
+    for command in ["check", "trace", "fmt"] {
+        let output = regimen(&[command, path_str(&path)?])?;
+        assert_eq!(output.status.code(), Some(1), "{command}");
+        let err = stderr(&output);
+        assert!(
+            err.contains("not UTF-8 text (byte 0xe9)"),
+            "{command}: {err}"
+        );
+        assert!(err.contains("latin1.regimen:1:15"), "{command}: {err}");
+        assert!(!err.contains("error: error:"), "{command}: {err}");
+    }
+    assert_eq!(std::fs::read(&path)?, bytes);
+    Ok(())
+}

@@ -810,18 +810,13 @@ impl<'a> Compiler<'a> {
                     lhs: a.node,
                     rhs: b.node,
                 });
-                let len = match (a.len, b.len) {
-                    (Some(x), Some(y)) => Some(x.max(y)),
-                    (Some(x), None) | (None, Some(x)) => Some(x),
-                    (None, None) => None,
-                };
-                // A constant operand never ends a schedule early.
-                let len = if a.len.is_none() && self.is_const(a.node)
-                    || b.len.is_none() && self.is_const(b.node)
-                {
-                    a.len.or(b.len)
-                } else {
-                    len.filter(|_| a.len.is_some() && b.len.is_some())
+                // Where `then` may take over: when every operand has ended. An
+                // unbounded constant never holds a hand-over back.
+                let unbounded_constant = |s: &Sched| s.len.is_none() && self.is_const(s.node);
+                let len = match (unbounded_constant(&a), unbounded_constant(&b)) {
+                    (true, _) => b.len,
+                    (_, true) => a.len,
+                    (false, false) => a.len.zip(b.len).map(|(x, y)| x.max(y)),
                 };
                 Value::Schedule(Sched {
                     node,
@@ -878,10 +873,23 @@ impl<'a> Compiler<'a> {
         let last = compiled.len().saturating_sub(1);
         for (i, (s, part_span)) in compiled.iter().enumerate() {
             if i < last && s.len.is_none() {
+                let (message, label) = if s.needs_len.is_some() {
+                    (
+                        "`then` follows a schedule without a length of its own",
+                        "takes the rest of the run, so `then` is never reached",
+                    )
+                } else {
+                    (
+                        "`then` follows a schedule that never ends",
+                        "runs forever, so `then` is never reached",
+                    )
+                };
                 self.error(
-                    Diagnostic::error(*part_span, "`then` follows a schedule that never ends")
-                        .with_label("runs forever, so `then` is never reached")
-                        .with_help("give it a length with `over:`, e.g. `linear(0 -> 0.1, over: 10 steps)`"),
+                    Diagnostic::error(*part_span, message)
+                        .with_label(label)
+                        .with_help(
+                        "give it a length with `over:`, e.g. `linear(0 -> 0.1, over: 10 steps)`",
+                    ),
                 );
                 poisoned = true;
             }

@@ -226,3 +226,27 @@ fn unused_lets_warn_but_compile() {
     let quiet = compiled("let _spare = 3\nlr = 0.1");
     assert!(quiet.warnings.is_empty());
 }
+
+#[test]
+fn arithmetic_keeps_the_length_where_then_may_take_over() {
+    // A constant factor keeps the schedule's length: the hand-over is at step 10.
+    let c = compiled(
+        "horizon 30 steps\nlr = 2 * linear(0 -> 0.05, over: 10 steps) then constant(0.01)",
+    );
+    close(value(&c, "lr", 5), 0.05);
+    close(value(&c, "lr", 10), 0.01);
+    // Two bounded schedules end when the longer one ends (step 20).
+    let c = compiled("horizon 30 steps\nlr = linear(0 -> 1, over: 10 steps) * linear(1 -> 1, over: 20 steps) then constant(0.5)");
+    close(value(&c, "lr", 15), 1.0);
+    close(value(&c, "lr", 20), 0.5);
+}
+
+#[test]
+fn then_after_an_unbounded_combination_is_an_error() {
+    let text = "horizon 30 steps\nlr = linear(0 -> 1, over: 10 steps) * step(1, every: 5 steps) then constant(0.5)";
+    let report = regimen_dsl::check(
+        &SourceFile::new("t.regimen", text),
+        &CompileOptions::default(),
+    );
+    assert!(report.to_string().contains("never ends"), "{report}");
+}

@@ -452,36 +452,51 @@ impl<'a> Compiler<'a> {
 
     /// A strictly positive length in steps (`allow_zero` admits 0).
     fn length(&mut self, expr: &Expr, what: &str, allow_zero: bool) -> Option<f64> {
-        match self.value(expr) {
+        let value = self.value(expr);
+        self.length_of(value, expr.span, &format!("the {what}"), allow_zero)
+    }
+
+    /// `value` as a length in steps: strictly positive (or zero with `allow_zero`).
+    /// Anything else is reported at `span`, with `subject` ("the horizon", "`over`")
+    /// as the sentence's subject; an already-reported value stays quiet.
+    fn length_of(
+        &mut self,
+        value: Value,
+        span: Span,
+        subject: &str,
+        allow_zero: bool,
+    ) -> Option<f64> {
+        match value {
             Value::Duration(steps) if steps > 0.0 || (allow_zero && steps == 0.0) => Some(steps),
             Value::Duration(steps) => {
+                let rule = if allow_zero {
+                    "zero or more"
+                } else {
+                    "greater than zero"
+                };
                 self.error(
                     Diagnostic::error(
-                        expr.span,
-                        format!(
-                            "the {what} must be {}, not {}",
-                            if allow_zero {
-                                "zero or more"
-                            } else {
-                                "greater than zero"
-                            },
-                            fmt_num(steps)
-                        ),
+                        span,
+                        format!("{subject} must be {rule}, not {} steps", fmt_num(steps)),
                     )
                     .with_label("out of range"),
                 );
                 None
             }
             Value::Number(n) => {
-                self.error(missing_unit(expr, n, what));
+                self.error(missing_unit_at(span, n, subject));
+                None
+            }
+            Value::Symbol(name) => {
+                self.unknown_name(&name, span);
                 None
             }
             Value::Poison => None,
             other => {
                 self.error(
                     Diagnostic::error(
-                        expr.span,
-                        format!("the {what} must be a length, found {}", other.kind()),
+                        span,
+                        format!("{subject} must be a length, found {}", other.kind()),
                     )
                     .with_label("not a length")
                     .with_help(
@@ -1056,10 +1071,6 @@ fn duplicate(target: &Ident, first: Span) -> Diagnostic {
         .with_label("assigned again here")
         .with_note(first, "first assigned here")
         .with_help("combine them into one expression, e.g. with `then`")
-}
-
-fn missing_unit(expr: &Expr, n: f64, what: &str) -> Diagnostic {
-    missing_unit_at(expr.span, n, &format!("the {what}"))
 }
 
 /// `what` is the subject of the sentence, e.g. "the horizon" or "`every`".

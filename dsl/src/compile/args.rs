@@ -1,5 +1,9 @@
 //! Call arguments matched to a function's parameters, with typed getters that
 //! check kinds and ranges and report problems on the argument's span.
+//!
+//! Every getter goes through [`Bound::typed`]: absent, accepted, or rejected (the
+//! call is then marked failed). A getter only says what it accepts and how it words
+//! a rejection.
 
 use regimen_core::Anneal;
 
@@ -17,8 +21,25 @@ pub(super) struct Bound {
     pub(super) ok: bool,
 }
 
+/// An argument that was present but not accepted (already reported).
+struct Rejected;
+
+/// Report `value` as an argument of the wrong kind: an unbound name as an unknown
+/// name, anything else with the diagnostic `wrong` builds.
+fn unknown_or(
+    c: &mut Compiler<'_>,
+    value: Value,
+    span: Span,
+    wrong: impl FnOnce(&Value) -> Diagnostic,
+) {
+    match &value {
+        Value::Symbol(name) => c.unknown_name(name, span),
+        other => c.error(wrong(other)),
+    }
+}
+
 impl Bound {
-    pub(super) fn index(&self, param: &str) -> usize {
+    fn index(&self, param: &str) -> usize {
         self.params
             .iter()
             .position(|p| *p == param)
@@ -29,20 +50,19 @@ impl Bound {
         self.slots.get(self.index(param))?.as_ref().map(|s| s.1)
     }
 
-    pub(super) fn get(&self, param: &str) -> Option<(Value, Span)> {
+    fn get(&self, param: &str) -> Option<(Value, Span)> {
         self.slots
             .get(self.index(param))?
             .as_ref()
             .map(|(v, s, _)| (v.clone(), *s))
     }
 
-    pub(super) fn fail(&mut self, c: &mut Compiler<'_>, diagnostic: Diagnostic) -> Option<f64> {
+    fn fail(&mut self, c: &mut Compiler<'_>, diagnostic: Diagnostic) {
         c.error(diagnostic);
         self.ok = false;
-        None
     }
 
-    pub(super) fn missing(&mut self, c: &mut Compiler<'_>, param: &str, example: &str) {
+    fn missing(&mut self, c: &mut Compiler<'_>, param: &str, example: &str) {
         c.error(
             Diagnostic::error(
                 self.call_span,
@@ -54,14 +74,59 @@ impl Bound {
         self.ok = false;
     }
 
-    pub(super) fn take(&mut self, c: &mut Compiler<'_>, param: &str) -> Option<(Value, Span)> {
-        match self.get(param) {
-            Some(v) => Some(v),
-            None => {
-                self.missing(c, param, "…");
-                None
+    /// The argument `param` converted by `accept`: `Ok(None)` when absent. A value
+    /// `accept` hands back is rejected: quietly if it was already reported, else
+    /// through `reject` (given the function name, the value and its span).
+    fn typed<T>(
+        &mut self,
+        c: &mut Compiler<'_>,
+        param: &str,
+        accept: impl FnOnce(Value) -> Result<T, Value>,
+        reject: impl FnOnce(&mut Compiler<'_>, &str, Value, Span),
+    ) -> Result<Option<T>, Rejected> {
+        let Some((value, span)) = self.get(param) else {
+            return Ok(None);
+        };
+        match accept(value) {
+            Ok(v) => Ok(Some(v)),
+            Err(Value::Poison) => {
+                self.ok = false;
+                Err(Rejected)
+            }
+            Err(other) => {
+                reject(c, &self.function, other, span);
+                self.ok = false;
+                Err(Rejected)
             }
         }
+    }
+
+    /// The accepted value, else `default`, else a "missing argument" error.
+    fn or_default<T>(
+        &mut self,
+        c: &mut Compiler<'_>,
+        param: &str,
+        example: &str,
+        got: Result<Option<T>, Rejected>,
+        default: Option<T>,
+    ) -> Option<T> {
+        match got {
+            Ok(Some(v)) => Some(v),
+            Ok(None) if default.is_some() => default,
+            Ok(None) => {
+                self.missing(c, param, example);
+                None
+            }
+            Err(Rejected) => None,
+        }
+    }
+
+    /// Any value, required.
+    pub(super) fn take(&mut self, c: &mut Compiler<'_>, param: &str) -> Option<(Value, Span)> {
+        let span = self.span_of(param);
+        let got = self.typed(c, param, Ok, |_, _, _, _| {});
+        let value = self.or_default(c, param, "…", got, None)?;
+        Some((value, span.unwrap_or(self.call_span)))
     }
 
     pub(super) fn number(
@@ -70,49 +135,35 @@ impl Bound {
         param: &str,
         default: Option<f64>,
     ) -> Option<f64> {
-        match (self.get(param), default) {
-            (None, Some(d)) => Some(d),
-            (None, None) => {
-                self.missing(c, param, "0.1");
-                None
-            }
-            (Some((Value::Number(n), _)), _) => Some(n),
-            (Some((Value::Symbol(name), span)), _) => {
-                c.unknown_name(&name, span);
-                self.ok = false;
-                None
-            }
-            (Some((Value::Poison, _)), _) => {
-                self.ok = false;
-                None
-            }
-            (Some((Value::Duration(_), span)), _) => self.fail(
-                c,
-                Diagnostic::error(
-                    span,
-                    format!(
-                        "`{param}` of `{}` is a plain number, not a length",
-                        self.function
-                    ),
-                )
-                .with_label("drop the unit"),
-            ),
-            (Some((other, span)), _) => self.fail(
-                c,
-                Diagnostic::error(
-                    span,
-                    format!(
-                        "`{param}` of `{}` must be a constant number, found {}",
-                        self.function,
-                        other.kind()
-                    ),
-                )
-                .with_label("not a constant number"),
-            ),
-        }
+        let got = self.typed(
+            c,
+            param,
+            |v| match v {
+                Value::Number(n) => Ok(n),
+                other => Err(other),
+            },
+            |c, function, value, span| {
+                unknown_or(c, value, span, |value| match value {
+                    Value::Duration(_) => Diagnostic::error(
+                        span,
+                        format!("`{param}` of `{function}` is a plain number, not a length"),
+                    )
+                    .with_label("drop the unit"),
+                    other => Diagnostic::error(
+                        span,
+                        format!(
+                            "`{param}` of `{function}` must be a constant number, found {}",
+                            other.kind()
+                        ),
+                    )
+                    .with_label("not a constant number"),
+                })
+            },
+        );
+        self.or_default(c, param, "0.1", got, default)
     }
 
-    pub(super) fn checked(
+    fn checked(
         &mut self,
         c: &mut Compiler<'_>,
         param: &str,
@@ -132,7 +183,8 @@ impl Bound {
                 format!("`{param}` must be {rule}, not {}", fmt_num(n)),
             )
             .with_label("out of range"),
-        )
+        );
+        None
     }
 
     pub(super) fn positive(
@@ -183,72 +235,31 @@ impl Bound {
         )
     }
 
-    pub(super) fn length_value(
+    /// A length in steps, checked by [`Compiler::length_of`].
+    fn length_value(
         &mut self,
         c: &mut Compiler<'_>,
         param: &str,
         allow_zero: bool,
-    ) -> Option<Option<f64>> {
+    ) -> Result<Option<f64>, Rejected> {
         let Some((value, span)) = self.get(param) else {
-            return Some(None);
+            return Ok(None);
         };
-        match value {
-            Value::Duration(steps) if steps > 0.0 || (allow_zero && steps == 0.0) => {
-                Some(Some(steps))
-            }
-            Value::Duration(steps) => {
-                let rule = if allow_zero {
-                    "zero or more"
-                } else {
-                    "greater than zero"
-                };
-                self.fail(
-                    c,
-                    Diagnostic::error(
-                        span,
-                        format!("`{param}` must be {rule}, not {} steps", fmt_num(steps)),
-                    )
-                    .with_label("out of range"),
-                );
-                None
-            }
-            Value::Number(n) => {
-                c.error(missing_unit_at(span, n, &format!("`{param}`")));
+        match c.length_of(value, span, &format!("`{param}`"), allow_zero) {
+            Some(steps) => Ok(Some(steps)),
+            None => {
                 self.ok = false;
-                None
-            }
-            Value::Symbol(name) => {
-                c.unknown_name(&name, span);
-                self.ok = false;
-                None
-            }
-            Value::Poison => {
-                self.ok = false;
-                None
-            }
-            other => {
-                self.fail(
-                    c,
-                    Diagnostic::error(
-                        span,
-                        format!("`{param}` must be a length, found {}", other.kind()),
-                    )
-                    .with_label("not a length")
-                    .with_help(
-                        "lengths are written `30 steps`, `3 epochs`, `50000 samples` or `10%`",
-                    ),
-                );
-                None
+                Err(Rejected)
             }
         }
     }
 
     pub(super) fn opt_length(&mut self, c: &mut Compiler<'_>, param: &str) -> Option<f64> {
-        self.length_value(c, param, false).flatten()
+        self.length_value(c, param, false).ok().flatten()
     }
 
     pub(super) fn opt_length_or_zero(&mut self, c: &mut Compiler<'_>, param: &str) -> Option<f64> {
-        self.length_value(c, param, true).flatten()
+        self.length_value(c, param, true).ok().flatten()
     }
 
     pub(super) fn length(
@@ -257,52 +268,38 @@ impl Bound {
         param: &str,
         default: Option<f64>,
     ) -> Option<f64> {
-        match self.length_value(c, param, false)? {
-            Some(l) => Some(l),
-            None => match default {
-                Some(d) => Some(d),
-                None => {
-                    self.missing(c, param, "10 steps");
-                    None
-                }
-            },
-        }
+        let got = self.length_value(c, param, false);
+        self.or_default(c, param, "10 steps", got, default)
     }
 
     pub(super) fn length_or_zero(&mut self, c: &mut Compiler<'_>, param: &str) -> Option<f64> {
-        match self.length_value(c, param, true)? {
-            Some(l) => Some(l),
-            None => {
-                self.missing(c, param, "10 steps");
-                None
-            }
-        }
+        let got = self.length_value(c, param, true);
+        self.or_default(c, param, "10 steps", got, None)
     }
 
     pub(super) fn bool(&mut self, c: &mut Compiler<'_>, param: &str, default: bool) -> bool {
-        match self.get(param) {
-            None => default,
-            Some((Value::Symbol(s), _)) if s == "true" => true,
-            Some((Value::Symbol(s), _)) if s == "false" => false,
-            Some((Value::Poison, _)) => {
-                self.ok = false;
-                default
-            }
-            Some((other, span)) => {
-                self.fail(
-                    c,
+        let got = self.typed(
+            c,
+            param,
+            |v| match v {
+                Value::Symbol(s) if s == "true" => Ok(true),
+                Value::Symbol(s) if s == "false" => Ok(false),
+                other => Err(other),
+            },
+            |c, _, value, span| {
+                c.error(
                     Diagnostic::error(
                         span,
                         format!(
                             "`{param}` must be `true` or `false`, found {}",
-                            other.kind()
+                            value.kind()
                         ),
                     )
                     .with_label("not a boolean"),
-                );
-                default
-            }
-        }
+                )
+            },
+        );
+        got.ok().flatten().unwrap_or(default)
     }
 
     pub(super) fn choice(
@@ -312,35 +309,32 @@ impl Bound {
         choices: &[&'static str],
         default: &'static str,
     ) -> Option<String> {
-        let (value, span) = match self.get(param) {
-            None => return Some(default.to_string()),
-            Some(v) => v,
-        };
-        let word = match value {
-            Value::Symbol(s) | Value::Str(s) => s,
-            Value::Poison => {
-                self.ok = false;
-                return None;
-            }
-            other => {
-                self.fail(
-                    c,
+        let got = self.typed(
+            c,
+            param,
+            |v| match v {
+                Value::Symbol(s) | Value::Str(s) => Ok(s),
+                other => Err(other),
+            },
+            |c, _, value, span| {
+                c.error(
                     Diagnostic::error(
                         span,
                         format!(
                             "`{param}` must be one of {}, found {}",
                             choices.join(", "),
-                            other.kind()
+                            value.kind()
                         ),
                     )
                     .with_label("not a choice"),
-                );
-                return None;
-            }
-        };
+                )
+            },
+        );
+        let word = self.or_default(c, param, default, got, Some(default.to_string()))?;
         if choices.contains(&word.as_str()) {
             return Some(word);
         }
+        let span = self.span_of(param).unwrap_or(self.call_span);
         let mut d = Diagnostic::error(span, format!("`{word}` is not a valid `{param}`"))
             .with_label(format!("expected one of: {}", choices.join(", ")));
         if let Some(near) = closest(&word, choices.iter().copied()) {
@@ -367,160 +361,118 @@ impl Bound {
         param: &str,
         number_means_to_zero: bool,
     ) -> Option<(f64, f64)> {
-        match self.get(param) {
-            None => {
-                self.missing(c, param, "0.1 -> 0");
-                None
-            }
-            Some((
+        let got = self.typed(
+            c,
+            param,
+            |v| match v {
                 Value::Range {
                     from,
                     to,
                     both_ways: false,
-                },
-                _,
-            )) => Some((from, to)),
-            Some((Value::Number(n), _)) if number_means_to_zero => Some((n, 0.0)),
-            Some((Value::Poison, _)) => {
-                self.ok = false;
-                None
-            }
-            Some((Value::Symbol(name), span)) => {
-                c.unknown_name(&name, span);
-                self.ok = false;
-                None
-            }
-            Some((other, span)) => {
-                let found = if matches!(
-                    other,
-                    Value::Range {
-                        both_ways: true,
-                        ..
-                    }
-                ) {
-                    "a cycle `<->`"
-                } else {
-                    other.kind()
-                };
-                self.fail(
-                    c,
+                } => Ok((from, to)),
+                Value::Number(n) if number_means_to_zero => Ok((n, 0.0)),
+                other => Err(other),
+            },
+            |c, function, value, span| {
+                unknown_or(c, value, span, |value| {
+                    let found = match value {
+                        Value::Range { .. } => "a cycle `<->`",
+                        other => other.kind(),
+                    };
                     Diagnostic::error(
                         span,
-                        format!(
-                            "`{}` needs a range `from -> to`, found {found}",
-                            self.function
-                        ),
+                        format!("`{function}` needs a range `from -> to`, found {found}"),
                     )
                     .with_label("expected `a -> b`")
-                    .with_help(format!(
-                        "e.g. `{}(0.1 -> 0.001, over: 90 steps)`",
-                        self.function
-                    )),
-                );
-                None
-            }
-        }
+                    .with_help(format!("e.g. `{function}(0.1 -> 0.001, over: 90 steps)`"))
+                })
+            },
+        );
+        self.or_default(c, param, "0.1 -> 0", got, None)
     }
 
     pub(super) fn cycle_range(&mut self, c: &mut Compiler<'_>, param: &str) -> Option<(f64, f64)> {
-        match self.get(param) {
-            None => {
-                self.missing(c, param, "0.001 <-> 0.1");
-                None
-            }
-            Some((
+        let got = self.typed(
+            c,
+            param,
+            |v| match v {
                 Value::Range {
                     from,
                     to,
                     both_ways: true,
-                },
-                _,
-            )) => Some((from, to)),
-            Some((Value::Poison, _)) => {
-                self.ok = false;
-                None
-            }
-            Some((other, span)) => {
-                let found = if matches!(
-                    other,
-                    Value::Range {
-                        both_ways: false,
-                        ..
-                    }
-                ) {
-                    "a one-way range `->`"
-                } else {
-                    other.kind()
+                } => Ok((from, to)),
+                other => Err(other),
+            },
+            |c, _, value, span| {
+                let found = match &value {
+                    Value::Range { .. } => "a one-way range `->`",
+                    other => other.kind(),
                 };
-                self.fail(
-                    c,
+                c.error(
                     Diagnostic::error(
                         span,
                         format!("`cyclic` needs a cycle `low <-> high`, found {found}"),
                     )
                     .with_label("expected `a <-> b`")
                     .with_help("e.g. `cyclic(0.001 <-> 0.1, half: 2000 steps)`"),
-                );
-                None
-            }
-        }
+                )
+            },
+        );
+        self.or_default(c, param, "0.001 <-> 0.1", got, None)
     }
 
     pub(super) fn schedule(&mut self, c: &mut Compiler<'_>, param: &str) -> Option<(Sched, Span)> {
-        match self.get(param) {
-            None => {
-                self.missing(c, param, "cosine(0.1 -> 0)");
-                None
-            }
-            Some((Value::Schedule(s), span)) => Some((s, span)),
-            Some((Value::Poison, _)) => {
-                self.ok = false;
-                None
-            }
-            Some((other, span)) => {
-                self.fail(
-                    c,
+        let span = self.span_of(param);
+        let got = self.typed(
+            c,
+            param,
+            |v| match v {
+                Value::Schedule(s) => Ok(s),
+                other => Err(other),
+            },
+            |c, _, value, span| {
+                c.error(
                     Diagnostic::error(
                         span,
-                        format!("`{param}` must be a schedule, found {}", other.kind()),
+                        format!("`{param}` must be a schedule, found {}", value.kind()),
                     )
                     .with_label("not a schedule")
                     .with_help("e.g. `restarts(cosine(0.1 -> 0), period: 10 epochs)`"),
-                );
-                None
-            }
-        }
+                )
+            },
+        );
+        let schedule = self.or_default(c, param, "cosine(0.1 -> 0)", got, None)?;
+        Some((schedule, span.unwrap_or(self.call_span)))
     }
 
-    pub(super) fn list(
+    /// A list, with each item's value and span, and the span of the whole list.
+    fn list(
         &mut self,
         c: &mut Compiler<'_>,
         param: &str,
         example: &str,
     ) -> Option<(Vec<(Value, Span)>, Span)> {
-        match self.get(param) {
-            None => {
-                self.missing(c, param, example);
-                None
-            }
-            Some((Value::List(items), span)) => Some((items, span)),
-            Some((Value::Poison, _)) => {
-                self.ok = false;
-                None
-            }
-            Some((other, span)) => {
-                self.fail(
-                    c,
+        let span = self.span_of(param);
+        let got = self.typed(
+            c,
+            param,
+            |v| match v {
+                Value::List(items) => Ok(items),
+                other => Err(other),
+            },
+            |c, _, value, span| {
+                c.error(
                     Diagnostic::error(
                         span,
-                        format!("`{param}` must be a list, found {}", other.kind()),
+                        format!("`{param}` must be a list, found {}", value.kind()),
                     )
                     .with_label("not a list")
                     .with_help(format!("e.g. `{param}: {example}`")),
-                );
-                None
-            }
-        }
+                )
+            },
+        );
+        let items = self.or_default(c, param, example, got, None)?;
+        Some((items, span.unwrap_or(self.call_span)))
     }
 
     pub(super) fn number_list(&mut self, c: &mut Compiler<'_>, param: &str) -> Option<Vec<f64>> {
@@ -545,11 +497,9 @@ impl Bound {
         self.ok.then_some(out)
     }
 
-    pub(super) fn length_list(&mut self, c: &mut Compiler<'_>, param: &str) -> Option<Vec<f64>> {
-        self.length_list_allow_zero(c, param, false)
-    }
-
-    pub(super) fn length_list_allow_zero(
+    /// Strictly increasing lengths (`allow_zero`: the first may be 0, and the list
+    /// may be empty).
+    pub(super) fn length_list(
         &mut self,
         c: &mut Compiler<'_>,
         param: &str,
@@ -585,8 +535,7 @@ impl Bound {
                     );
                 }
                 Value::Number(n) => {
-                    c.error(missing_unit_at(span, n, "a point"));
-                    self.ok = false;
+                    self.fail(c, missing_unit_at(span, n, "a point"));
                 }
                 Value::Poison => self.ok = false,
                 other => {

@@ -238,7 +238,7 @@ impl Compiler<'_> {
     fn call_multistep(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
         let mut b = self.bind(name, args, &["init", "at", "factor", "over"], span)?;
         let init = b.number(self, "init", None);
-        let milestones = b.length_list(self, "at");
+        let milestones = b.length_list(self, "at", false);
         let factor = b.positive(self, "factor", Some(0.1));
         let over = b.opt_length(self, "over");
         self.finish(
@@ -523,7 +523,7 @@ impl Compiler<'_> {
     fn call_piecewise(&mut self, name: &Ident, args: &[Arg], span: Span) -> Option<Value> {
         let mut b = self.bind(name, args, &["values", "at"], span)?;
         let values = b.number_list(self, "values");
-        let points = b.length_list_allow_zero(self, "at", name.name == "piecewise_linear");
+        let points = b.length_list(self, "at", name.name == "piecewise_linear");
         let (values, points) = (values?, points?);
         let expected = if name.name == "piecewise" {
             points.len() + 1

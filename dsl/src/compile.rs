@@ -688,42 +688,36 @@ impl<'a> Compiler<'a> {
     }
 
     fn steps_of(&mut self, amount: f64, unit: Unit, span: Span) -> Option<f64> {
-        match unit {
-            Unit::Steps => Some(amount),
-            Unit::Epochs => match self.steps_per_epoch {
-                Some(spe) => Some(amount * spe),
-                None => {
-                    self.error(
-                        Diagnostic::error(span, "`epochs` used, but the epoch length is unknown")
-                            .with_label("needs the number of steps per epoch")
-                            .with_help("add `epoch = 390 steps` to the script, or pass `--steps-per-epoch`"),
-                    );
-                    None
-                }
-            },
-            Unit::Samples => match self.batch_size {
-                Some(batch) => Some(amount / batch),
-                None => {
-                    self.error(
-                        Diagnostic::error(span, "`samples` used, but the batch size is unknown")
-                            .with_label("needs the number of samples per step")
-                            .with_help("add `batch = 256` to the script, or pass `--batch-size`"),
-                    );
-                    None
-                }
-            },
-            Unit::Percent => match self.horizon {
-                Some(h) => Some(amount / 100.0 * h),
-                None => {
-                    self.error(
-                        Diagnostic::error(span, "`%` of the horizon used, but no horizon is set")
-                            .with_label("percent of what?")
-                            .with_help("add `horizon 90 epochs` (or steps) to the script"),
-                    );
-                    None
-                }
-            },
+        // The amount in steps, or what to say when the unit's size is unknown.
+        let (steps, message, label, help) = match unit {
+            Unit::Steps => return Some(amount),
+            Unit::Epochs => (
+                self.steps_per_epoch.map(|spe| amount * spe),
+                "`epochs` used, but the epoch length is unknown",
+                "needs the number of steps per epoch",
+                "add `epoch = 390 steps` to the script, or pass `--steps-per-epoch`",
+            ),
+            Unit::Samples => (
+                self.batch_size.map(|batch| amount / batch),
+                "`samples` used, but the batch size is unknown",
+                "needs the number of samples per step",
+                "add `batch = 256` to the script, or pass `--batch-size`",
+            ),
+            Unit::Percent => (
+                self.horizon.map(|h| amount / 100.0 * h),
+                "`%` of the horizon used, but no horizon is set",
+                "percent of what?",
+                "add `horizon 90 epochs` (or steps) to the script",
+            ),
+        };
+        if steps.is_none() {
+            self.error(
+                Diagnostic::error(span, message)
+                    .with_label(label)
+                    .with_help(help),
+            );
         }
+        steps
     }
 
     fn number(&mut self, expr: &Expr, what: &str) -> Option<f64> {

@@ -7,19 +7,8 @@
 use regimen_core::graph::restart_position;
 use regimen_core::{BinaryOp, Evaluator, GraphError, Node, NodeId, ScalarGraph, Schedule};
 
-/// Relative tolerance 1e-12; an expected 0 must be exactly 0.
-#[track_caller]
-fn close(actual: f64, expected: f64) {
-    if expected == 0.0 {
-        assert_eq!(actual, 0.0, "expected exactly 0");
-        return;
-    }
-    let rel = ((actual - expected) / expected).abs();
-    assert!(
-        rel <= 1e-12,
-        "actual {actual:e} != expected {expected:e} (relative error {rel:e})"
-    );
-}
+mod common;
+use common::close;
 
 fn sched(g: &mut ScalarGraph, s: Schedule) -> NodeId {
     g.push(Node::Schedule(s))

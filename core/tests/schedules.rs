@@ -11,19 +11,8 @@ use regimen_core::{Anneal, CyclicMode, DecayShape, Schedule, WarmupShape};
 
 const INF: f64 = f64::INFINITY;
 
-/// Relative tolerance 1e-12; an expected 0 must be exactly 0.
-#[track_caller]
-fn close(actual: f64, expected: f64) {
-    if expected == 0.0 {
-        assert_eq!(actual, 0.0, "expected exactly 0");
-        return;
-    }
-    let rel = ((actual - expected) / expected).abs();
-    assert!(
-        rel <= 1e-12,
-        "actual {actual:e} != expected {expected:e} (relative error {rel:e})"
-    );
-}
+mod common;
+use common::close;
 
 /// Bit-exact comparison (for values that are exact in binary floating point).
 #[track_caller]

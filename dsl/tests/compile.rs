@@ -2,8 +2,6 @@
 //! `then`, arithmetic and options behave as documented; every example compiles
 //! cleanly and formats to itself.
 
-use std::path::Path;
-
 use regimen_dsl::{compile, CompileOptions, Compiled, SourceFile};
 
 fn compiled(text: &str) -> Compiled {
@@ -35,25 +33,10 @@ fn close(actual: f64, expected: f64) {
     );
 }
 
+mod common;
+
 fn examples() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "regimen"))
-                .filter_map(|p| {
-                    Some((
-                        p.file_name()?.to_str()?.to_string(),
-                        std::fs::read_to_string(&p).ok()?,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+    common::scripts_in("../examples")
 }
 
 #[test]

@@ -2,28 +2,16 @@
 //! diagnostic pinned as a snapshot; hostile input (deep nesting, random bytes) gives
 //! an error, never a crash.
 
-use std::path::Path;
-
 use regimen_dsl::{check, compile, CompileOptions, SourceFile};
 
+mod common;
+
+/// The bad scripts as (name without extension, text).
 fn bad_scripts() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad");
-    let mut scripts: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "regimen"))
-                .filter_map(|p| {
-                    let stem = p.file_stem()?.to_str()?.to_string();
-                    let text = std::fs::read_to_string(&p).ok()?;
-                    Some((stem, text))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    scripts.sort();
-    scripts
+    common::scripts_in("tests/bad")
+        .into_iter()
+        .map(|(name, text)| (name.trim_end_matches(".regimen").to_string(), text))
+        .collect()
 }
 
 #[test]

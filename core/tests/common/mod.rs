@@ -1,0 +1,15 @@
+//! Assertions shared by the core's integration tests.
+
+/// Relative tolerance 1e-12; an expected 0 must be exactly 0.
+#[track_caller]
+pub fn close(actual: f64, expected: f64) {
+    if expected == 0.0 {
+        assert_eq!(actual, 0.0, "expected exactly 0");
+        return;
+    }
+    let rel = ((actual - expected) / expected).abs();
+    assert!(
+        rel <= 1e-12,
+        "actual {actual:e} != expected {expected:e} (relative error {rel:e})"
+    );
+}

@@ -1,0 +1,196 @@
+//! The training-step runtime: a compiled strategy bound to a model's parameters.
+//! A training loop hands a [`Stepper`] its gradients each step; the stepper unscales
+//! and checks them, clips, applies the per-parameter rules and the optimizer to its f32
+//! master weights, writes the parameters back in the model's dtype, and returns a
+//! [`StepReport`].
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::backend::BackendError;
+use crate::strategy::{DType, Hyper};
+
+mod binding;
+mod checkpoint;
+mod glob;
+mod optimizer;
+mod scaler;
+mod stepper;
+
+pub use binding::{Binding, BoundParam};
+pub use checkpoint::{CheckpointError, CHECKPOINT_FORMAT_VERSION};
+pub use glob::{Glob, GlobError};
+pub use scaler::{LossScaler, ScaleDecision};
+pub use stepper::Stepper;
+
+/// One parameter of the model, as the training loop declares it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    /// Framework-style name (`layers.0.weight`).
+    pub name: String,
+    /// Shape; the element count is its product.
+    pub shape: Vec<usize>,
+    /// Element type of the model's copy (f32, or the script's precision dtype).
+    pub dtype: DType,
+    /// Layer depth for layer-wise decay, if the model knows it.
+    pub depth: Option<u32>,
+}
+
+impl ParamSpec {
+    /// An f32 parameter without a declared depth.
+    pub fn new(name: impl Into<String>, shape: &[usize]) -> Self {
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            depth: None,
+        }
+    }
+
+    /// The same parameter with another dtype.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// The same parameter with a layer depth.
+    pub fn with_depth(mut self, depth: u32) -> Self {
+        self.depth = Some(depth);
+        self
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Measurements the training loop reports with a step (recorded in the trace; later
+/// policies react to them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Training loss of this step (unscaled), if known.
+    pub loss: Option<f64>,
+}
+
+/// What one step did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Step index (0-based) of the schedules that were in force.
+    pub step: u64,
+    /// Optimizer updates applied so far (skipped steps do not count).
+    pub updates: u64,
+    /// Whether the step was skipped (non-finite gradients).
+    pub skipped: bool,
+    /// The loss scale the gradients of this step were computed with.
+    pub loss_scale: f64,
+    /// The loss scale to use for the next step.
+    pub next_loss_scale: f64,
+    /// Global L2 norm of the unscaled gradients before clipping (NaN/inf when skipped).
+    pub grad_norm: f64,
+    /// The same after clipping.
+    pub clipped_grad_norm: f64,
+    /// L2 norm of the change of all master weights (0 when skipped).
+    pub update_norm: f64,
+    /// Global hyperparameter values of this step (`lr`, `momentum`, …) as the graph
+    /// produced them, in graph output order.
+    pub scalars: Vec<(String, f64)>,
+    /// The effective lr of each parameter group bin (see [`Binding::lr_bins`]), after
+    /// group overrides and layer decay: one entry per distinct rule set.
+    pub group_lrs: Vec<(String, f64)>,
+    /// Min / mean / max of the trust ratios applied this step (LARS/LAMB), if any.
+    pub trust_ratio: Option<TrustSummary>,
+    /// The training loop's loss, if reported.
+    pub loss: Option<f64>,
+}
+
+/// Summary of per-tensor trust ratios in one step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrustSummary {
+    /// Smallest ratio.
+    pub min: f64,
+    /// Mean over tensors that use one.
+    pub mean: f64,
+    /// Largest ratio.
+    pub max: f64,
+}
+
+/// Errors of binding and stepping. Every variant leaves parameters and state as they
+/// were before the call.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The strategy or graph is inconsistent (a missing output, a bad glob, …).
+    #[error("invalid strategy: {0}")]
+    Strategy(String),
+    /// `lr` is not set by the script.
+    #[error("the script sets no learning rate (`lr = …`)")]
+    MissingLr,
+    /// Two parameters share a name.
+    #[error("parameter `{0}` is declared twice")]
+    DuplicateParam(String),
+    /// A parameter's dtype is neither f32 nor the script's precision dtype.
+    #[error("parameter `{name}` is {found}, but the script's precision is {precision} (parameters may be f32 or {precision})")]
+    DTypeNotAllowed {
+        /// Parameter name.
+        name: String,
+        /// Its dtype.
+        found: &'static str,
+        /// The script's precision.
+        precision: &'static str,
+    },
+    /// The number of tensors passed does not match the binding.
+    #[error("{what}: expected {expected} tensors (one per bound parameter), got {actual}")]
+    TensorCount {
+        /// `parameters` or `gradients`.
+        what: &'static str,
+        /// Bound parameters.
+        expected: usize,
+        /// Tensors passed.
+        actual: usize,
+    },
+    /// A tensor does not match its parameter's shape or dtype.
+    #[error("{what} for `{name}`: expected {expected_len} {expected_dtype} elements, got {actual_len} {actual_dtype}")]
+    TensorMismatch {
+        /// `parameter`, `gradient` or `initial value`.
+        what: &'static str,
+        /// Parameter name.
+        name: String,
+        /// Elements expected.
+        expected_len: usize,
+        /// Dtype expected.
+        expected_dtype: &'static str,
+        /// Elements passed.
+        actual_len: usize,
+        /// Dtype passed.
+        actual_dtype: &'static str,
+    },
+    /// A schedule produced a value the optimizer cannot use (NaN, inf, negative lr…).
+    #[error("at step {step}, `{name}` is {value}: {reason}")]
+    BadHyperparameter {
+        /// Step index.
+        step: u64,
+        /// The output (e.g. `lr`, `group2.weight_decay`).
+        name: String,
+        /// The offending value.
+        value: f64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// An overflow at the minimum loss scale with `at_min: error`.
+    #[error("at step {step}, gradients overflowed with the loss scale already at its minimum {scale}; the run cannot make progress in this precision (set `at_min: skip` to keep skipping)")]
+    LossScaleAtMinimum {
+        /// Step index.
+        step: u64,
+        /// The minimum scale.
+        scale: f64,
+    },
+    /// A hyperparameter is needed but neither set nor defaulted.
+    #[error("hyperparameter `{}` is not set", .0.name())]
+    MissingHyper(Hyper),
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Saving or loading a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}

@@ -1,0 +1,1 @@
+//! STUB — being written (per-parameter optimizer state and updates).

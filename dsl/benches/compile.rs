@@ -1,5 +1,6 @@
-//! Parse + check + compile time of every example script, beside a memory-copy
-//! baseline of the same run (so numbers compare as ratios across machines).
+//! Parse + check + compile time of every example script and of the strategy scripts
+//! under `tests/good/`, beside a memory-copy baseline of the same run (so numbers
+//! compare as ratios across machines).
 //! Run: `cargo bench -p regimen-dsl --bench compile`.
 
 use std::hint::black_box;
@@ -36,10 +37,17 @@ fn main() {
     );
     let one_mib_copy = copy.as_secs_f64() / 64.0;
 
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    // The examples, and the strategy scripts of the tests (optimizer, groups,
+    // layer decay, precision).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths: Vec<_> = [root.join("../examples"), root.join("tests/good")]
+        .iter()
+        .flat_map(|dir| {
+            std::fs::read_dir(dir)
+                .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+                .unwrap_or_else(|_| Vec::new())
+        })
+        .collect();
     paths.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "regimen"));
     paths.sort();
     for path in paths {

@@ -105,9 +105,11 @@ pub struct Directive {
     pub block: Option<Block>,
 }
 
-/// One argument of a directive.
+/// One argument of a directive: `expr`, or `name: expr` (as in `clip norm: 1.0`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Item {
+    /// `name:` if named.
+    pub name: Option<Ident>,
     /// Its value.
     pub expr: Expr,
     /// Whether a comma separates it from the previous item.

@@ -1,16 +1,17 @@
-//! Checks and compilation: [`Script`] → [`ScalarGraph`]. Units are resolved to steps
-//! here (so the core only sees steps), every call is checked against its parameter
-//! list, and every problem found is reported, not only the first.
+//! Checks and compilation: [`Script`] → [`ScalarGraph`] and [`Strategy`]. Units are
+//! resolved to steps here (so the core only sees steps), every call is checked against
+//! its parameter list, and every problem found is reported, not only the first.
 
 use std::collections::HashMap;
 
-use regimen_core::{BinaryOp, Node, NodeId, ScalarGraph, Schedule};
+use regimen_core::{BinaryOp, Node, NodeId, ScalarGraph, Schedule, Strategy};
 
 use crate::ast::*;
 use crate::diagnostic::{closest, Diagnostic, Span};
 
 mod args;
 mod calls;
+mod strategy;
 
 pub use calls::FUNCTIONS;
 
@@ -23,21 +24,12 @@ pub const KNOWN_SCALARS: &[&str] = &[
     "beta1",
     "beta2",
     "eps",
+    "trust",
     "clip_norm",
 ];
 
 /// Statement keywords that later parts of Regimen give meaning to.
-const FUTURE_DIRECTIVES: &[&str] = &[
-    "optimizer",
-    "group",
-    "layerwise",
-    "precision",
-    "compress",
-    "batch",
-    "on",
-    "at",
-    "plugin",
-];
+const FUTURE_DIRECTIVES: &[&str] = &["compress", "batch", "on", "at", "plugin"];
 
 /// Settings the script may leave to the caller (command-line flags).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -59,6 +51,9 @@ pub struct Compiled {
     pub steps_per_epoch: Option<f64>,
     /// Samples per step in force, if known.
     pub batch_size: Option<f64>,
+    /// The tensor side: optimizer, parameter groups, layer decay, precision. Its
+    /// numeric hyperparameters are outputs of [`Compiled::graph`].
+    pub strategy: Strategy,
 }
 
 impl Compiled {
@@ -88,6 +83,10 @@ pub fn compile_script(
         horizon: None,
         horizon_failed: false,
         onecycle_momenta: HashMap::new(),
+        directives: strategy::Directives::default(),
+        output_spans: Vec::new(),
+        strategy: Strategy::default(),
+        optimizer_named: false,
     };
     compiler.run(script);
     let mut diagnostics = compiler.diagnostics;
@@ -100,6 +99,7 @@ pub fn compile_script(
         warnings: diagnostics,
         steps_per_epoch: compiler.steps_per_epoch,
         batch_size: compiler.batch_size,
+        strategy: compiler.strategy,
     })
 }
 
@@ -178,6 +178,14 @@ struct Compiler<'a> {
     /// A horizon statement exists but was rejected: do not also complain that
     /// schedules lack a length.
     horizon_failed: bool,
+    /// The statements that build [`Compiler::strategy`], collected in the first pass.
+    directives: strategy::Directives<'a>,
+    /// The span each graph output is reported at by the range check, in output order.
+    output_spans: Vec<(String, Span)>,
+    /// The tensor side being built.
+    strategy: Strategy,
+    /// The `optimizer` statement named a known optimizer.
+    optimizer_named: bool,
 }
 
 /// Where a top-level setting was made.
@@ -259,22 +267,26 @@ impl<'a> Compiler<'a> {
                         continue;
                     }
                     if !KNOWN_SCALARS.contains(&target.name.as_str()) {
-                        let mut d = Diagnostic::error(
-                            target.span,
-                            format!("unknown hyperparameter `{}`", target.name),
-                        )
-                        .with_label("not a hyperparameter");
-                        d = match closest(
+                        let near = closest(
                             &target.name,
                             KNOWN_SCALARS.iter().copied().chain(["epoch", "batch"]),
-                        ) {
-                            Some(near) => d.with_help(format!("did you mean `{near}`?")),
-                            None => d.with_help(format!(
+                        );
+                        let help = match (strategy::misplaced(&target.name), near) {
+                            (Some(elsewhere), _) => elsewhere,
+                            (None, Some(near)) => format!("did you mean `{near}`?"),
+                            (None, None) => format!(
                                 "known hyperparameters: {}; use `let` for your own names",
                                 KNOWN_SCALARS.join(", ")
-                            )),
+                            ),
                         };
-                        self.error(d);
+                        self.error(
+                            Diagnostic::error(
+                                target.span,
+                                format!("unknown hyperparameter `{}`", target.name),
+                            )
+                            .with_label("not a hyperparameter")
+                            .with_help(help),
+                        );
                         continue;
                     }
                     if let Some((_, first, _)) = assigned.iter().find(|(n, _, _)| *n == target.name)
@@ -303,6 +315,8 @@ impl<'a> Compiler<'a> {
                         {
                             horizon = Some(Setting { stmt, value: item });
                         }
+                    } else if strategy::DIRECTIVES.contains(&keyword) {
+                        self.collect_directive(directive);
                     } else if FUTURE_DIRECTIVES.contains(&keyword) {
                         self.error(
                             Diagnostic::error(
@@ -310,7 +324,7 @@ impl<'a> Compiler<'a> {
                                 format!("`{keyword}` statements are not supported yet"),
                             )
                             .with_label("not yet supported")
-                            .with_help("this version of Regimen compiles schedules of scalar hyperparameters only"),
+                            .with_help("gradient compression, batch-size control, policies and plugins come in a later version of Regimen"),
                         );
                     } else {
                         let d = Diagnostic::error(
@@ -320,11 +334,13 @@ impl<'a> Compiler<'a> {
                         .with_label("unknown");
                         let candidates = ["horizon", "let"]
                             .into_iter()
+                            .chain(strategy::DIRECTIVES.iter().copied())
                             .chain(FUTURE_DIRECTIVES.iter().copied())
                             .chain(KNOWN_SCALARS.iter().copied());
-                        let d = match closest(keyword, candidates) {
-                            Some(near) => d.with_help(format!("did you mean `{near}`?")),
-                            None => d.with_help("statements are `let`, `horizon`, `epoch = …`, or `NAME = …` for a hyperparameter"),
+                        let d = match (strategy::misplaced(keyword), closest(keyword, candidates)) {
+                            (Some(elsewhere), _) => d.with_help(elsewhere),
+                            (None, Some(near)) => d.with_help(format!("did you mean `{near}`?")),
+                            (None, None) => d.with_help("statements are `let`, `horizon`, `epoch = …`, or `NAME = …` for a hyperparameter"),
                         };
                         self.error(d);
                     }
@@ -352,28 +368,20 @@ impl<'a> Compiler<'a> {
             self.let_value(&name);
         }
 
-        let momentum_assigned = assigned.iter().any(|(n, _, _)| *n == "momentum");
         let mut implicit_momentum = None;
         for (name, _stmt, expr) in &assigned {
             let value = self.value(expr);
-            if *name == "lr" && !momentum_assigned && matches!(expr.kind, ExprKind::Call { .. }) {
-                // PyTorch's OneCycleLR cycles momentum inversely unless told not to.
-                implicit_momentum = self.onecycle_momenta.remove(&expr.span.start);
+            if *name == "lr" {
+                implicit_momentum = self.implicit_momentum(expr);
             }
             if let Some(node) = self.scalar_output(name, value, expr.span) {
-                self.graph.add_output(*name, node);
+                self.add_output(name, node, expr.span);
             }
         }
         for expr in rejected {
             self.value(expr);
         }
-        if let Some((momentum, over)) = implicit_momentum {
-            let mut node = self.graph.push(Node::Schedule(momentum));
-            if let Some(len) = over {
-                node = self.graph.push(Node::Over { inner: node, len });
-            }
-            self.graph.add_output("momentum", node);
-        }
+        self.compile_strategy(&assigned, implicit_momentum);
         for name in &self.let_order {
             if let Some(binding) = self.lets.get(name) {
                 if !binding.used && !name.starts_with('_') {
@@ -385,12 +393,34 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        self.check_ranges(&assigned);
+        self.check_ranges();
+    }
+
+    /// Name `node` as the graph output `name`, reported at `span` by the range check.
+    fn add_output(&mut self, name: &str, node: NodeId, span: Span) {
+        self.graph.add_output(name, node);
+        self.output_spans.push((name.to_string(), span));
+    }
+
+    /// The inverse momentum cycle of `lr_expr` when it is a single `onecycle(…)` call
+    /// with `cycle_momentum` on: PyTorch's OneCycleLR cycles momentum (or Adam's β₁)
+    /// unless told not to. Returns the schedule, its `over:` and the span of `lr`.
+    fn implicit_momentum(&mut self, lr_expr: &Expr) -> Option<(Schedule, Option<f64>, Span)> {
+        if !matches!(lr_expr.kind, ExprKind::Call { .. }) {
+            return None;
+        }
+        let (schedule, over) = self.onecycle_momenta.remove(&lr_expr.span.start)?;
+        Some((schedule, over, lr_expr.span))
     }
 
     fn single_item(&mut self, directive: &'a Directive, example: &str) -> Option<&'a Expr> {
         let keyword = &directive.keyword;
-        if directive.items.len() != 1 || directive.block.is_some() || !directive.with.is_empty() {
+        let named = directive.items.iter().any(|i| i.name.is_some());
+        if directive.items.len() != 1
+            || named
+            || directive.block.is_some()
+            || !directive.with.is_empty()
+        {
             let span = directive
                 .items
                 .iter()
@@ -1009,7 +1039,7 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn check_ranges(&mut self, assigned: &[(&'a str, &'a Stmt, &'a Expr)]) {
+    fn check_ranges(&mut self) {
         let total = self
             .graph
             .horizon
@@ -1021,21 +1051,21 @@ impl<'a> Compiler<'a> {
             .collect();
         let len = self.graph.root_length();
         for output in self.graph.outputs.clone().iter() {
-            let span = assigned
+            let span = self
+                .output_spans
                 .iter()
-                .find(|(n, _, _)| *n == output.name)
-                .map(|(_, _, e)| e.span)
-                .or_else(|| {
-                    assigned
-                        .iter()
-                        .find(|(n, _, _)| *n == "lr")
-                        .map(|(_, _, e)| e.span)
-                })
+                .find(|(n, _)| *n == output.name)
+                .map(|(_, s)| *s)
                 .unwrap_or_default();
-            let (low, high, high_open, rule) = match output.name.as_str() {
+            // A group's override (`group1.lr`) obeys the rule of its hyperparameter.
+            let hyper = output
+                .name
+                .split_once('.')
+                .map_or(output.name.as_str(), |(_, h)| h);
+            let (low, high, high_open, rule) = match hyper {
                 "momentum" | "dampening" => (0.0, 1.0, false, "between 0 and 1"),
                 "beta1" | "beta2" => (0.0, 1.0, true, "in [0, 1)"),
-                "eps" => (f64::MIN_POSITIVE, f64::INFINITY, false, "greater than zero"),
+                "clip_norm" => (f64::MIN_POSITIVE, f64::INFINITY, false, "greater than zero"),
                 _ => (0.0, f64::INFINITY, false, "zero or more"),
             };
             for &t in &probes {

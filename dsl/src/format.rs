@@ -1,6 +1,8 @@
 //! Canonical formatting (`regimen fmt`): one statement per line, four-space blocks,
 //! single spaces around operators, at most one blank line in a row, every comment
-//! kept. Formatting a formatted script changes nothing.
+//! kept. A block written on one line stays on one line (`{ a; b }`), so short rules
+//! such as `group "*.bias" { weight_decay = 0; trust_ratio = off }` keep their shape.
+//! Formatting a formatted script changes nothing.
 
 use crate::ast::*;
 use crate::diagnostic::Span;
@@ -94,6 +96,13 @@ impl Printer<'_> {
         }
     }
 
+    /// Whether the next unprinted comment starts before `offset`.
+    fn comment_before(&self, offset: usize) -> bool {
+        self.comments
+            .get(self.next_comment)
+            .is_some_and(|c| c.span.start < offset)
+    }
+
     fn stmts(&mut self, stmts: &[Stmt], level: usize) {
         for stmt in stmts {
             self.flush_comments(stmt.span.start, level);
@@ -117,8 +126,15 @@ impl Printer<'_> {
                             .comments
                             .get(self.next_comment)
                             .is_some_and(|c| c.span.start < block.span.end);
+                    let one_line = !self
+                        .source
+                        .get(block.span.start..block.span.end)
+                        .unwrap_or("\n")
+                        .contains('\n');
                     if empty {
                         self.out.push_str(" {}");
+                    } else if one_line && !self.comment_before(block.span.end) {
+                        self.out.push_str(&inline_block(block));
                     } else {
                         self.out.push_str(" {");
                         self.trailing_comment(block.span.start + 1);
@@ -138,6 +154,29 @@ impl Printer<'_> {
     }
 }
 
+/// A non-empty block on one line: ` { a; b }`.
+fn inline_block(block: &Block) -> String {
+    let stmts: Vec<String> = block
+        .stmts
+        .iter()
+        .map(|stmt| {
+            let mut line = stmt_head(stmt);
+            if let StmtKind::Directive(Directive {
+                block: Some(inner), ..
+            }) = &stmt.kind
+            {
+                if inner.stmts.is_empty() {
+                    line.push_str(" {}");
+                } else {
+                    line.push_str(&inline_block(inner));
+                }
+            }
+            line
+        })
+        .collect();
+    format!(" {{ {} }}", stmts.join("; "))
+}
+
 /// A statement without its block.
 fn stmt_head(stmt: &Stmt) -> String {
     match &stmt.kind {
@@ -155,6 +194,10 @@ fn stmt_head(stmt: &Stmt) -> String {
                 } else {
                     " "
                 });
+                if let Some(name) = &item.name {
+                    out.push_str(&name.name);
+                    out.push_str(": ");
+                }
                 out.push_str(&expr(&item.expr));
             }
             if !d.with.is_empty() {

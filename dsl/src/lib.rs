@@ -1,5 +1,7 @@
 //! The Regimen language: `*.regimen` scripts are parsed (pest, `grammar/regimen.pest`)
-//! into an AST with spans, checked, and compiled into a [`regimen_core::ScalarGraph`].
+//! into an AST with spans, checked, and compiled into a [`regimen_core::ScalarGraph`]
+//! (every hyperparameter, as a schedule) and a [`regimen_core::Strategy`] (optimizer,
+//! parameter groups, layer decay, precision).
 //! Every problem becomes a [`Diagnostic`] with a span; bad input never panics.
 
 pub mod ast;

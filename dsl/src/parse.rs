@@ -324,8 +324,18 @@ impl Builder {
                                     comma_before = true;
                                     continue;
                                 }
-                                let expr = self.expr(item)?.0;
-                                directive.items.push(Item { expr, comma_before });
+                                let (name, expr) = if item.as_rule() == Rule::named_item {
+                                    let mut parts = children(item);
+                                    let name = self.ident(parts.next()?);
+                                    (Some(name), self.expr(parts.next()?)?.0)
+                                } else {
+                                    (None, self.expr(item)?.0)
+                                };
+                                directive.items.push(Item {
+                                    name,
+                                    expr,
+                                    comma_before,
+                                });
                                 comma_before = false;
                             }
                         }

@@ -58,7 +58,14 @@ fn stmt(s: &Stmt, file: &SourceFile, depth: usize, out: &mut String) {
             target, op, value, ..
         } => format!("assign {} {} {}", target.name, op.as_str(), expr(value)),
         StmtKind::Directive(d) => {
-            let items: Vec<String> = d.items.iter().map(|i| expr(&i.expr)).collect();
+            let items: Vec<String> = d
+                .items
+                .iter()
+                .map(|i| match &i.name {
+                    Some(n) => format!("{}={}", n.name, expr(&i.expr)),
+                    None => expr(&i.expr),
+                })
+                .collect();
             let with: Vec<&str> = d.with.iter().map(|w| w.name.as_str()).collect();
             format!(
                 "directive {} [{}] with [{}]",
@@ -122,4 +129,15 @@ plugin "libs/libthing.so" sha256 "abc"
 fn expressions_respect_precedence_and_associativity() {
     let text = "let a = 1 + 2 * 3 - 4 / 5\nlet b = -2^2^-1\nlet c = (1 + 2) * 3 steps\nlet d = 2^16\nlet e = 10%\nlet f = [1 step, 2 epochs, 3 samples]\nlet g = a -> b\nlet h = a <-> b\nlet i = x then y then\n  z\nlet j = f(\n  1,\n  k: 2,\n)\n";
     insta::assert_snapshot!(dump(text));
+}
+
+#[test]
+fn directive_items_may_be_named() {
+    assert_eq!(
+        dump("clip norm: 1.0\nlayer_decay 0.75, \"layers.{depth}.*\"\nprecision f16 { loss_scale none }\n"),
+        "1:1 directive clip [norm=1.0] with []\n\
+         2:1 directive layer_decay [0.75, \"layers.{depth}.*\"] with []\n\
+         3:1 directive precision [f16] with []\n  \
+         3:17 directive loss_scale [none] with []\n"
+    );
 }

@@ -50,6 +50,12 @@ impl Bound {
         self.slots.get(self.index(param))?.as_ref().map(|s| s.1)
     }
 
+    /// The argument `param` as given (any kind), its value span and the span of the
+    /// whole argument (`name: value`), if present.
+    pub(super) fn given(&self, param: &str) -> Option<(Value, Span, Span)> {
+        self.slots.get(self.index(param))?.clone()
+    }
+
     fn get(&self, param: &str) -> Option<(Value, Span)> {
         self.slots
             .get(self.index(param))?
@@ -163,7 +169,8 @@ impl Bound {
         self.or_default(c, param, "0.1", got, default)
     }
 
-    fn checked(
+    /// A constant number accepted by `ok`, else an error saying it must be `rule`.
+    pub(super) fn checked(
         &mut self,
         c: &mut Compiler<'_>,
         param: &str,

@@ -84,7 +84,7 @@ impl Compiler<'_> {
     }
 
     /// Match call arguments to `params` (positional in order, then by name).
-    fn bind(
+    pub(super) fn bind(
         &mut self,
         function: &Ident,
         args: &[Arg],

@@ -2,12 +2,13 @@
 //! it receives a compiled [`ScalarGraph`] (schedules and arithmetic over training
 //! progress) and a [`Strategy`] (optimizer, groups, layer rules, precision), binds
 //! them to a model's parameters, and executes training steps on a tensor
-//! [`Backend`](backend::Backend), recording what it did in a [`Trace`].
+//! [`Backend`], recording what it did in a [`Trace`].
 
 pub mod backend;
 pub mod graph;
 /// The argument vocabulary shared with plugins (the `regimen-plugin` SDK).
 pub use regimen_plugin as plugin;
+pub mod problem;
 pub mod runtime;
 pub mod schedule;
 pub mod strategy;

@@ -18,7 +18,9 @@ mod scaler;
 mod stepper;
 
 pub use binding::{Binding, BoundParam};
-pub use checkpoint::{CheckpointError, CHECKPOINT_FORMAT_VERSION};
+pub use checkpoint::{
+    read_checkpoint, write_checkpoint, CheckpointData, CheckpointError, CHECKPOINT_FORMAT_VERSION,
+};
 pub use glob::{Glob, GlobError};
 pub use scaler::{LossScaler, ScaleDecision};
 pub use stepper::Stepper;
@@ -86,11 +88,13 @@ pub struct StepReport {
     pub loss_scale: f64,
     /// The loss scale to use for the next step.
     pub next_loss_scale: f64,
-    /// Global L2 norm of the unscaled gradients before clipping (NaN/inf when skipped).
+    /// Global L2 norm of the unscaled gradients before clipping (NaN when skipped:
+    /// loading stops at the first non-finite gradient).
     pub grad_norm: f64,
-    /// The same after clipping.
+    /// The same after clipping (NaN when skipped).
     pub clipped_grad_norm: f64,
-    /// L2 norm of the change of all master weights (0 when skipped).
+    /// L2 norm of the change of all master weights (0 when skipped, NaN when
+    /// [`Stepper::set_update_norm`] turned the measurement off).
     pub update_norm: f64,
     /// Global hyperparameter values of this step (`lr`, `momentum`, …) as the graph
     /// produced them, in graph output order.
@@ -183,6 +187,14 @@ pub enum RuntimeError {
         step: u64,
         /// The minimum scale.
         scale: f64,
+    },
+    /// A parameter index beyond the bound parameters.
+    #[error("no parameter {index}: {count} parameters are bound")]
+    NoSuchParam {
+        /// The index asked for.
+        index: usize,
+        /// Bound parameters.
+        count: usize,
     },
     /// A hyperparameter is needed but neither set nor defaulted.
     #[error("hyperparameter `{}` is not set", .0.name())]

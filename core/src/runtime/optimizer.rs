@@ -1,1 +1,361 @@
-//! STUB — being written (per-parameter optimizer state and updates).
+//! Per-parameter optimizer state and the update of one parameter, for every
+//! [`OptimizerKind`]. The arithmetic lives in the backend's fused kernels (their doc
+//! comments in [`crate::backend`] give the exact formulas); this module decides which
+//! kernel runs with which scalars:
+//!
+//! - **sgd** — `torch.optim.SGD`: one [`SgdStep`] with the parameter's lr.
+//! - **adam / adamw** — `torch.optim.Adam`/`AdamW`: one [`AdamStep`] with the bias
+//!   corrections `1 − βᵗ` for this parameter's update count `t` (computed like
+//!   Python's `beta ** step`, i.e. with `pow`).
+//! - **lamb** — You et al. 2019, Algorithm 2: the direction `u` from
+//!   [`Backend::lamb_direction`], the trust ratio `‖p‖/‖u‖` (1 when either norm is 0
+//!   or the parameter's `trust_ratio` is off, capped at `trust_clip`), then
+//!   `p = p − lr·trust·u`.
+//! - **lars** — You et al. 2017, Algorithm 1, *in the paper's form*: the local rate
+//!   `λˡ = η‖w‖/(‖g‖ + β‖w‖ + eps)` multiplies the decayed gradient *inside* the
+//!   momentum, with the global lr: `v = m·v + γ·λˡ·(g + βw)`, `w = w − v` (an
+//!   [`SgdStep`] with `lr = 1` and `grad_scale = γ·λˡ`). The momentum buffer thus
+//!   holds lr-scaled velocity, unlike PyTorch-SGD's buffer; with a constant lr and
+//!   trust off the two agree exactly in real arithmetic.
+//!
+//! Scratch space (the LAMB direction, and the copy of the old weights behind the
+//! update norm) is one tensor per distinct parameter length, shared by the parameters
+//! of that length, allocated when the stepper binds.
+
+use super::RuntimeError;
+use crate::backend::{AdamStep, Backend, BackendError, LambDirection, SgdStep};
+use crate::strategy::{OptimizerKind, OptimizerSpec};
+
+/// One parameter's tensors and counters.
+pub(crate) struct ParamState<T> {
+    /// f32 master weights.
+    pub master: T,
+    /// The loaded (unscaled, possibly clipped) gradient of the current step.
+    pub grad: T,
+    /// SGD/LARS momentum buffer, when the momentum can be non-zero.
+    pub momentum: Option<T>,
+    /// Adam/LAMB first moment.
+    pub exp_avg: Option<T>,
+    /// Adam/LAMB second moment.
+    pub exp_avg_sq: Option<T>,
+    /// AMSGrad's running maximum of the second moment.
+    pub max_exp_avg_sq: Option<T>,
+    /// Updates applied to this parameter (Adam's `t` before the next update).
+    pub updates: u64,
+    /// The momentum buffer has been written (PyTorch creates it on first use).
+    pub momentum_initialised: bool,
+    /// Index of this parameter's scratch tensor, if it has one.
+    pub scratch: Option<usize>,
+}
+
+impl<T> ParamState<T> {
+    /// The named optimizer tensors that exist, for checkpoints (the prefix is the
+    /// tensor's role: `momentum`, `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`).
+    pub fn moments(&self) -> impl Iterator<Item = (&'static str, &T)> {
+        [
+            ("momentum", self.momentum.as_ref()),
+            ("exp_avg", self.exp_avg.as_ref()),
+            ("exp_avg_sq", self.exp_avg_sq.as_ref()),
+            ("max_exp_avg_sq", self.max_exp_avg_sq.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(role, tensor)| tensor.map(|t| (role, t)))
+    }
+
+    /// The optimizer tensor for `role` (see [`ParamState::moments`]).
+    pub fn moment_mut(&mut self, role: &str) -> Option<&mut T> {
+        match role {
+            "momentum" => self.momentum.as_mut(),
+            "exp_avg" => self.exp_avg.as_mut(),
+            "exp_avg_sq" => self.exp_avg_sq.as_mut(),
+            "max_exp_avg_sq" => self.max_exp_avg_sq.as_mut(),
+            _ => None,
+        }
+    }
+}
+
+/// Allocate one parameter's state: master and gradient buffers plus the moments its
+/// optimizer keeps.
+pub(crate) fn allocate<B: Backend>(
+    backend: &B,
+    spec: &OptimizerSpec,
+    numel: usize,
+    needs_momentum: bool,
+) -> Result<ParamState<B::Tensor>, BackendError> {
+    let zeros = || backend.zeros(numel);
+    let (momentum, exp_avg, exp_avg_sq, max_exp_avg_sq) = match spec.kind {
+        OptimizerKind::Sgd | OptimizerKind::Lars => {
+            let momentum = if needs_momentum { Some(zeros()?) } else { None };
+            (momentum, None, None, None)
+        }
+        OptimizerKind::Adam | OptimizerKind::AdamW => {
+            let max = if spec.amsgrad { Some(zeros()?) } else { None };
+            (None, Some(zeros()?), Some(zeros()?), max)
+        }
+        OptimizerKind::Lamb => (None, Some(zeros()?), Some(zeros()?), None),
+    };
+    Ok(ParamState {
+        master: zeros()?,
+        grad: zeros()?,
+        momentum,
+        exp_avg,
+        exp_avg_sq,
+        max_exp_avg_sq,
+        updates: 0,
+        momentum_initialised: false,
+        scratch: None,
+    })
+}
+
+/// The hyperparameters of one parameter for one step, as the graph produced them
+/// (lr already multiplied by the layer-wise factor).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Hypers {
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub trust: f64,
+}
+
+/// What one parameter's update reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Outcome {
+    /// The trust ratio applied (LARS/LAMB with `trust_ratio` on).
+    pub trust: Option<f64>,
+    /// ‖Δp‖², when it was asked for (see [`update`]).
+    pub update_sum_squares: Option<f64>,
+}
+
+/// Whether the norm of the change of the weights can be read off the optimizer's own
+/// tensors (so no copy of the old weights is needed).
+pub(crate) fn update_norm_is_free(
+    spec: &OptimizerSpec,
+    hypers: &Hypers,
+    has_momentum: bool,
+) -> bool {
+    match spec.kind {
+        OptimizerKind::Lamb => true,
+        OptimizerKind::Sgd | OptimizerKind::Lars => {
+            has_momentum && hypers.momentum != 0.0 && !spec.nesterov
+        }
+        OptimizerKind::Adam | OptimizerKind::AdamW => false,
+    }
+}
+
+/// Apply one update to `state.master` with the gradient in `state.grad`, and advance
+/// the parameter's counters.
+///
+/// With `measure` the squared norm of the change is returned: for LAMB it is
+/// `(lr·trust)²·‖u‖²` from the direction pass; for SGD/LARS with a non-Nesterov
+/// momentum it is `lr²·‖buf‖²` (one read of the buffer, since `Δp = −lr·buf`);
+/// otherwise the old weights are copied into `scratch` first and the change is
+/// measured as `‖p_old − p_new‖²` (three extra passes). The first two are the norm of
+/// the update in real arithmetic, the last the norm of the f32 change.
+pub(crate) fn update<B: Backend>(
+    backend: &B,
+    spec: &OptimizerSpec,
+    state: &mut ParamState<B::Tensor>,
+    hypers: &Hypers,
+    trust_enabled: bool,
+    scratch: Option<&mut B::Tensor>,
+    measure: bool,
+) -> Result<Outcome, RuntimeError> {
+    let free = update_norm_is_free(spec, hypers, state.momentum.is_some());
+    // LAMB writes its direction into the scratch tensor; the others may copy the old
+    // weights there.
+    let (direction, mut copy) = match spec.kind {
+        OptimizerKind::Lamb => (scratch, None),
+        _ if measure && !free => (None, scratch),
+        _ => (None, None),
+    };
+    if let Some(old) = copy.as_deref_mut() {
+        // old = 0·old + p: a copy with the kernels every backend has.
+        backend.scale(old, 0.0)?;
+        backend.axpy(old, 1.0, &state.master)?;
+    }
+
+    let mut outcome = Outcome {
+        trust: None,
+        update_sum_squares: None,
+    };
+    match spec.kind {
+        OptimizerKind::Sgd => {
+            sgd_family(backend, spec, state, hypers, hypers.lr, 1.0)?;
+            if measure && free {
+                let buffer_ss = momentum_sum_squares(backend, state)?;
+                outcome.update_sum_squares = Some(hypers.lr * hypers.lr * buffer_ss);
+            }
+        }
+        OptimizerKind::Lars => {
+            let local = if trust_enabled {
+                let w_norm = backend.sum_squares(&state.master)?.sqrt();
+                let g_norm = backend.sum_squares(&state.grad)?.sqrt();
+                let ratio = if w_norm > 0.0 && g_norm > 0.0 {
+                    hypers.trust * w_norm / (g_norm + hypers.weight_decay * w_norm + hypers.eps)
+                } else {
+                    1.0
+                };
+                let ratio = clip_trust(ratio, spec.trust_clip);
+                outcome.trust = Some(ratio);
+                ratio
+            } else {
+                1.0
+            };
+            sgd_family(backend, spec, state, hypers, 1.0, hypers.lr * local)?;
+            if measure && free {
+                outcome.update_sum_squares = Some(momentum_sum_squares(backend, state)?);
+            }
+        }
+        OptimizerKind::Adam | OptimizerKind::AdamW => {
+            let t = state.updates + 1;
+            let step = AdamStep {
+                lr: hypers.lr as f32,
+                beta1: hypers.beta1 as f32,
+                beta2: hypers.beta2 as f32,
+                eps: hypers.eps as f32,
+                weight_decay: hypers.weight_decay as f32,
+                decoupled: spec.kind == OptimizerKind::AdamW,
+                bias_correction1: bias_correction(hypers.beta1, t),
+                bias_correction2: bias_correction(hypers.beta2, t),
+            };
+            let (Some(m), Some(v)) = (state.exp_avg.as_mut(), state.exp_avg_sq.as_mut()) else {
+                return Err(missing_state("adam", "moments"));
+            };
+            backend.adam_step(
+                &mut state.master,
+                &state.grad,
+                m,
+                v,
+                state.max_exp_avg_sq.as_mut(),
+                &step,
+            )?;
+        }
+        OptimizerKind::Lamb => {
+            let Some(direction) = direction else {
+                return Err(missing_state("lamb", "direction buffer"));
+            };
+            let t = state.updates + 1;
+            let (bias_correction1, bias_correction2) = if spec.bias_correction {
+                (
+                    bias_correction(hypers.beta1, t),
+                    bias_correction(hypers.beta2, t),
+                )
+            } else {
+                (1.0, 1.0)
+            };
+            let (Some(m), Some(v)) = (state.exp_avg.as_mut(), state.exp_avg_sq.as_mut()) else {
+                return Err(missing_state("lamb", "moments"));
+            };
+            let norms = backend.lamb_direction(
+                &state.master,
+                &state.grad,
+                m,
+                v,
+                direction,
+                &LambDirection {
+                    beta1: hypers.beta1 as f32,
+                    beta2: hypers.beta2 as f32,
+                    eps: hypers.eps as f32,
+                    weight_decay: hypers.weight_decay as f32,
+                    bias_correction1,
+                    bias_correction2,
+                },
+            )?;
+            let trust = if trust_enabled {
+                let p_norm = norms.param_sum_squares.sqrt();
+                let u_norm = norms.update_sum_squares.sqrt();
+                let ratio = if p_norm > 0.0 && u_norm > 0.0 {
+                    p_norm / u_norm
+                } else {
+                    1.0
+                };
+                let ratio = clip_trust(ratio, spec.trust_clip);
+                outcome.trust = Some(ratio);
+                ratio
+            } else {
+                1.0
+            };
+            let step = hypers.lr * trust;
+            backend.axpy(&mut state.master, -(step as f32), direction)?;
+            if measure {
+                outcome.update_sum_squares = Some(step * step * norms.update_sum_squares);
+            }
+        }
+    }
+    if let Some(old) = copy {
+        // old − new: the change, negated.
+        backend.axpy(old, -1.0, &state.master)?;
+        outcome.update_sum_squares = Some(backend.sum_squares(old)?);
+    }
+    state.updates += 1;
+    Ok(outcome)
+}
+
+/// The SGD kernel as SGD (`lr`, `grad_scale` 1) and LARS (`lr` 1, `grad_scale` γ·λˡ)
+/// call it.
+fn sgd_family<B: Backend>(
+    backend: &B,
+    spec: &OptimizerSpec,
+    state: &mut ParamState<B::Tensor>,
+    hypers: &Hypers,
+    lr: f64,
+    grad_scale: f64,
+) -> Result<(), RuntimeError> {
+    let uses_momentum = hypers.momentum != 0.0;
+    let buffer = if uses_momentum {
+        match state.momentum.as_mut() {
+            Some(buffer) => Some(buffer),
+            None => return Err(missing_state(spec.kind.name(), "momentum buffer")),
+        }
+    } else {
+        None
+    };
+    let step = SgdStep {
+        lr: lr as f32,
+        momentum: hypers.momentum as f32,
+        dampening: hypers.dampening as f32,
+        weight_decay: hypers.weight_decay as f32,
+        nesterov: spec.nesterov,
+        first_step: !state.momentum_initialised,
+        grad_scale: grad_scale as f32,
+    };
+    backend.sgd_step(&mut state.master, &state.grad, buffer, &step)?;
+    if uses_momentum {
+        state.momentum_initialised = true;
+    }
+    Ok(())
+}
+
+fn momentum_sum_squares<B: Backend>(
+    backend: &B,
+    state: &ParamState<B::Tensor>,
+) -> Result<f64, RuntimeError> {
+    match &state.momentum {
+        Some(buffer) => Ok(backend.sum_squares(buffer)?),
+        None => Err(missing_state("sgd", "momentum buffer")),
+    }
+}
+
+/// `1 − βᵗ` as Python's `1 - beta ** step` computes it (C `pow`).
+fn bias_correction(beta: f64, t: u64) -> f64 {
+    1.0 - beta.powf(t as f64)
+}
+
+fn clip_trust(ratio: f64, clip: Option<f64>) -> f64 {
+    match clip {
+        Some(clip) => ratio.min(clip),
+        None => ratio,
+    }
+}
+
+/// A buffer the binding should have allocated is missing: a bug, reported rather
+/// than panicked on.
+fn missing_state(optimizer: &str, what: &str) -> RuntimeError {
+    RuntimeError::Strategy(format!(
+        "internal error: {optimizer} update without its {what}"
+    ))
+}

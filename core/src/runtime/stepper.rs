@@ -1,5 +1,860 @@
-//! STUB — being written (the stepper).
-/// Steps a bound strategy.
-pub struct Stepper<B> {
-    _backend: B,
+//! The [`Stepper`]: a compiled strategy bound to a model's parameters, executing one
+//! training step per call and saving/restoring its whole state.
+//!
+//! # One step
+//!
+//! The order follows the pipeline of the design (and PyTorch's AMP recipe:
+//! `scaler.unscale_`, `clip_grad_norm_`, `scaler.step`, `scaler.update`,
+//! `scheduler.step`):
+//!
+//! 1. **Validate the call**: one parameter and one gradient per bound parameter, each
+//!    of the bound length and of the parameter's dtype.
+//! 2. **Evaluate the graph** at the current step and check every hyperparameter a
+//!    parameter reads (finite; lr, momentum, weight decay, eps, trust ≥ 0; betas in
+//!    [0, 1); `clip_norm` > 0; zero dampening with Nesterov).
+//! 3. **Load the gradients**, multiplied by `1/scale`. If any element is not finite
+//!    the step is *skipped*: the scaler backs off (or spends hysteresis), weights,
+//!    moments and update counters stay as they were, but the schedules still advance,
+//!    as PyTorch's `scheduler.step()` runs even when `scaler.step(optimizer)` skipped
+//!    the update. A skipped step reports `grad_norm` and `clipped_grad_norm` as NaN
+//!    (loading stops at the first non-finite tensor, so there is no norm to report)
+//!    and `update_norm` 0.
+//! 4. **Clip** (when the graph has a `clip_norm` output), as
+//!    `torch.nn.utils.clip_grad_norm_`: `coef = clip_norm / (‖g‖ + 1e-6)`, and every
+//!    gradient is multiplied by `coef` when it is below 1.
+//! 5. **Update** each parameter's f32 master weights with its own hyperparameters (see
+//!    the optimizer module for each rule).
+//! 6. **Write back** the master weights into the caller's parameters, rounded to the
+//!    parameter's dtype.
+//! 7. **Commit**: the schedules advance, the counters and the loss scaler move on.
+//!
+//! # Errors leave everything as it was
+//!
+//! Everything that can be wrong with the input is checked before any state is
+//! written: on an error the master weights, moments, counters, loss scale, schedule
+//! position and the caller's parameters are unchanged, and the same call can be
+//! retried. (The only exception is a failure of the backend itself *during* the
+//! update, which a device backend could report halfway; the CPU backend cannot fail
+//! there.)
+//!
+//! # Update norm
+//!
+//! [`StepReport::update_norm`] is measured by default; see
+//! [`Stepper::set_update_norm`] for what it costs and how to turn it off.
+//!
+//! # Checkpoints
+//!
+//! [`Stepper::save`] writes one checkpoint file (see the checkpoint module) whose
+//! header holds the script's fingerprint, the schedule cursor, the loss scaler, the
+//! update counters and the parameter list, and whose tensors are the master weights
+//! (`master/NAME`) and optimizer moments (`momentum/NAME`, `exp_avg/NAME`,
+//! `exp_avg_sq/NAME`, `max_exp_avg_sq/NAME`). [`Stepper::load`] refuses a checkpoint
+//! of another script or another parameter list, and resumes bit for bit.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::binding::{bind, Binding, Plan};
+use super::optimizer::{self, Hypers, ParamState};
+use super::{
+    read_checkpoint, write_checkpoint, CheckpointError, LossScaler, Metrics, ParamSpec,
+    RuntimeError, ScaleDecision, StepReport, TrustSummary,
+};
+use crate::backend::{Backend, HostTensor, HostTensorMut};
+use crate::graph::{Evaluator, ScalarGraph};
+use crate::strategy::{DType, Hyper, OptimizerKind, Strategy};
+
+/// The `format` field of a stepper checkpoint's header.
+const STATE_FORMAT: &str = "regimen-stepper";
+/// Version of the header's content (the container has its own version).
+const STATE_VERSION: u32 = 1;
+
+/// A strategy bound to a model's parameters, with the state of a run: f32 master
+/// weights, optimizer moments, the loss scaler and the schedules' position.
+pub struct Stepper<B: Backend> {
+    backend: B,
+    strategy: Strategy,
+    binding: Binding,
+    plan: Plan,
+    /// The parameters as declared.
+    specs: Vec<ParamSpec>,
+    evaluator: Evaluator,
+    scaler: LossScaler,
+    /// The value table of the current step: graph outputs, then defaults.
+    values: Vec<f64>,
+    states: Vec<ParamState<B::Tensor>>,
+    /// One tensor per distinct parameter length (see [`Stepper::set_update_norm`]).
+    scratch: Vec<B::Tensor>,
+    measure_update_norm: bool,
+    fingerprint: String,
+    /// Updates applied (steps not skipped).
+    updates: u64,
+}
+
+/// What a checkpoint records for one parameter.
+#[derive(Serialize, Deserialize)]
+struct ParamRecord {
+    name: String,
+    shape: Vec<usize>,
+    dtype: DType,
+    depth: Option<u32>,
+    updates: u64,
+    momentum_initialised: bool,
+}
+
+/// A stepper checkpoint's header.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    fingerprint: String,
+    backend: String,
+    updates: u64,
+    evaluator: Evaluator,
+    scaler: LossScaler,
+    params: Vec<ParamRecord>,
+}
+
+impl<B: Backend> Stepper<B> {
+    /// Bind `strategy` and `graph` to `params`. `initial` holds each parameter's
+    /// initial values (same order, the parameter's dtype, its element count); they
+    /// become the f32 master weights.
+    pub fn new(
+        backend: B,
+        graph: ScalarGraph,
+        strategy: Strategy,
+        params: &[ParamSpec],
+        initial: &[HostTensor<'_>],
+    ) -> Result<Self, RuntimeError> {
+        Self::build(backend, graph, strategy, params, initial, true)
+    }
+
+    /// Binding, then the initial values (their dtype must be the parameter's when
+    /// `exact_dtype`; a checkpoint's masters are f32), then allocation.
+    fn build(
+        backend: B,
+        graph: ScalarGraph,
+        strategy: Strategy,
+        params: &[ParamSpec],
+        initial: &[HostTensor<'_>],
+        exact_dtype: bool,
+    ) -> Result<Self, RuntimeError> {
+        let fingerprint = fingerprint(&graph, &strategy)?;
+        let evaluator = Evaluator::new(graph)
+            .map_err(|error| RuntimeError::Strategy(format!("malformed scalar graph: {error}")))?;
+        let (binding, plan) = bind(evaluator.graph(), &strategy, params)?;
+        let scaler = LossScaler::new(&strategy.precision.loss_scale)
+            .map_err(|reason| RuntimeError::Strategy(format!("loss scaling: {reason}")))?;
+        if initial.len() != params.len() {
+            return Err(RuntimeError::TensorCount {
+                what: "initial values",
+                expected: params.len(),
+                actual: initial.len(),
+            });
+        }
+        for (spec, (tensor, &numel)) in params.iter().zip(initial.iter().zip(&plan.numels)) {
+            if tensor.len() != numel || (exact_dtype && tensor.dtype() != spec.dtype) {
+                return Err(RuntimeError::TensorMismatch {
+                    what: "initial value",
+                    name: spec.name.clone(),
+                    expected_len: numel,
+                    expected_dtype: spec.dtype.name(),
+                    actual_len: tensor.len(),
+                    actual_dtype: tensor.dtype().name(),
+                });
+            }
+        }
+        let mut states = Vec::with_capacity(params.len());
+        for ((tensor, &numel), &needs_momentum) in
+            initial.iter().zip(&plan.numels).zip(&plan.needs_momentum)
+        {
+            let mut state =
+                optimizer::allocate(&backend, &strategy.optimizer, numel, needs_momentum)?;
+            backend.upload(*tensor, &mut state.master)?;
+            states.push(state);
+        }
+        let mut stepper = Self {
+            backend,
+            values: plan.initial_values(),
+            strategy,
+            binding,
+            plan,
+            specs: params.to_vec(),
+            evaluator,
+            scaler,
+            states,
+            scratch: Vec::new(),
+            measure_update_norm: true,
+            fingerprint,
+            updates: 0,
+        };
+        stepper.allocate_scratch()?;
+        Ok(stepper)
+    }
+
+    /// What applies to each parameter, and the binding's warnings.
+    pub fn binding(&self) -> &Binding {
+        &self.binding
+    }
+
+    /// The strategy being executed.
+    pub fn strategy(&self) -> &Strategy {
+        &self.strategy
+    }
+
+    /// The backend the tensors live on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The factor to multiply the loss by before the backward pass of the next step.
+    pub fn loss_scale(&self) -> f64 {
+        self.scaler.scale()
+    }
+
+    /// The loss scaler and its state.
+    pub fn scaler(&self) -> &LossScaler {
+        &self.scaler
+    }
+
+    /// Index of the next step (skipped steps count: the schedules advance).
+    pub fn step_index(&self) -> u64 {
+        self.evaluator.step()
+    }
+
+    /// Optimizer updates applied so far (skipped steps do not count).
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Hex SHA-256 of the canonical JSON of the graph and the strategy: what a
+    /// checkpoint must match to be loaded.
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    /// Whether [`StepReport::update_norm`] is measured (on by default; off reports NaN).
+    ///
+    /// For LAMB the norm comes free with the direction pass, and for SGD/LARS with a
+    /// non-zero, non-Nesterov momentum it costs one read of the momentum buffers
+    /// (`Δp = −lr·buf`). Otherwise (Adam, AdamW, plain or Nesterov SGD) the old
+    /// weights are copied into a scratch tensor before the update and the difference
+    /// measured after it: three extra passes over the weights, and one scratch tensor
+    /// per distinct parameter length. Turning the measurement off frees that scratch
+    /// (LAMB keeps its own, which holds its direction).
+    pub fn set_update_norm(&mut self, on: bool) -> Result<(), RuntimeError> {
+        self.measure_update_norm = on;
+        if !on && self.strategy.optimizer.kind != OptimizerKind::Lamb {
+            self.scratch.clear();
+            for state in &mut self.states {
+                state.scratch = None;
+            }
+        }
+        self.allocate_scratch()
+    }
+
+    /// Copy parameter `index`'s f32 master weights into `out`.
+    pub fn read_master(&self, index: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
+        let (Some(state), Some(bound)) = (self.states.get(index), self.binding.params.get(index))
+        else {
+            return Err(RuntimeError::NoSuchParam {
+                index,
+                count: self.states.len(),
+            });
+        };
+        if out.len() != bound.numel {
+            return Err(RuntimeError::TensorMismatch {
+                what: "master weights",
+                name: bound.name.clone(),
+                expected_len: bound.numel,
+                expected_dtype: DType::F32.name(),
+                actual_len: out.len(),
+                actual_dtype: DType::F32.name(),
+            });
+        }
+        self.backend
+            .download(&state.master, HostTensorMut::F32(out))?;
+        Ok(())
+    }
+
+    /// One training step (see the module documentation for the order of things).
+    /// `params` receive the updated weights in their dtype; `grads` are the gradients
+    /// of the loss multiplied by [`Stepper::loss_scale`]. The contents of `params` are
+    /// not read: the master weights are the truth.
+    pub fn step(
+        &mut self,
+        params: &mut [HostTensorMut<'_>],
+        grads: &[HostTensor<'_>],
+        metrics: &Metrics,
+    ) -> Result<StepReport, RuntimeError> {
+        // 1. The call.
+        self.check_tensors(
+            "parameters",
+            "parameter",
+            params.iter().map(|p| (p.len(), p.dtype())),
+        )?;
+        self.check_tensors(
+            "gradients",
+            "gradient",
+            grads.iter().map(|g| (g.len(), g.dtype())),
+        )?;
+
+        // 2. Hyperparameters of this step. Schedules are pure functions of the step,
+        // so evaluating the graph without advancing the cursor gives the values the
+        // commit's `next_into` will give, and an error leaves the cursor in place.
+        let step = self.evaluator.step();
+        let outputs = self.evaluator.graph().outputs.len();
+        self.evaluator
+            .graph()
+            .eval_into(step as f64, &mut self.values[..outputs]);
+        self.check_hypers(step)?;
+
+        // 3. Gradients: unscale and check.
+        let inverse_scale = self.scaler.inverse_scale();
+        let mut finite = true;
+        let mut sum_squares = 0.0;
+        for (state, grad) in self.states.iter_mut().zip(grads) {
+            let stats = self
+                .backend
+                .load_gradient(*grad, inverse_scale, &mut state.grad)?;
+            if !stats.finite {
+                finite = false;
+                break;
+            }
+            sum_squares += stats.sum_squares;
+        }
+        let mut scaler = self.scaler.clone();
+        let decision = scaler.update(finite, step)?;
+        if decision.skip {
+            self.evaluator.next_into(&mut self.values[..outputs]);
+            self.scaler = scaler;
+            return Ok(self.report(step, &decision, StepNorms::skipped(), None, metrics));
+        }
+
+        // 4. Clipping.
+        let grad_norm = sum_squares.sqrt();
+        let mut clipped_grad_norm = grad_norm;
+        if let Some(slot) = self.plan.clip_slot {
+            let coef = self.values[slot] / (grad_norm + 1e-6);
+            if coef < 1.0 {
+                for state in &mut self.states {
+                    self.backend.scale(&mut state.grad, coef as f32)?;
+                }
+                clipped_grad_norm = grad_norm * coef;
+            }
+        }
+
+        // 5. The optimizer.
+        let mut trust = TrustAccumulator::default();
+        let mut update_sum_squares = 0.0;
+        let measure = self.measure_update_norm;
+        for ((state, bound), slots) in self
+            .states
+            .iter_mut()
+            .zip(&self.binding.params)
+            .zip(&self.plan.slots)
+        {
+            let value = |hyper: Hyper| self.values[slots[hyper as usize]];
+            let hypers = Hypers {
+                lr: value(Hyper::Lr) * bound.lr_scale,
+                momentum: value(Hyper::Momentum),
+                dampening: value(Hyper::Dampening),
+                weight_decay: value(Hyper::WeightDecay),
+                beta1: value(Hyper::Beta1),
+                beta2: value(Hyper::Beta2),
+                eps: value(Hyper::Eps),
+                trust: value(Hyper::Trust),
+            };
+            let scratch = match state.scratch {
+                Some(index) => self.scratch.get_mut(index),
+                None => None,
+            };
+            let outcome = optimizer::update(
+                &self.backend,
+                &self.strategy.optimizer,
+                state,
+                &hypers,
+                bound.trust_ratio,
+                scratch,
+                measure,
+            )?;
+            if let Some(ratio) = outcome.trust {
+                trust.add(ratio);
+            }
+            if let Some(ss) = outcome.update_sum_squares {
+                update_sum_squares += ss;
+            }
+        }
+
+        // 6. Write back.
+        for (state, param) in self.states.iter().zip(params.iter_mut()) {
+            self.backend.download(&state.master, reborrow(param))?;
+        }
+
+        // 7. Commit.
+        self.evaluator.next_into(&mut self.values[..outputs]);
+        self.scaler = scaler;
+        self.updates += 1;
+        let norms = StepNorms {
+            grad_norm,
+            clipped_grad_norm,
+            update_norm: if measure {
+                update_sum_squares.sqrt()
+            } else {
+                f64::NAN
+            },
+        };
+        Ok(self.report(step, &decision, norms, trust.summary(), metrics))
+    }
+
+    /// Write the whole state to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<(), RuntimeError> {
+        let header = Header {
+            format: STATE_FORMAT.to_owned(),
+            version: STATE_VERSION,
+            fingerprint: self.fingerprint.clone(),
+            backend: self.backend.name().to_owned(),
+            updates: self.updates,
+            evaluator: self.evaluator.clone(),
+            scaler: self.scaler.clone(),
+            params: self
+                .specs
+                .iter()
+                .zip(&self.states)
+                .map(|(spec, state)| ParamRecord {
+                    name: spec.name.clone(),
+                    shape: spec.shape.clone(),
+                    dtype: spec.dtype,
+                    depth: spec.depth,
+                    updates: state.updates,
+                    momentum_initialised: state.momentum_initialised,
+                })
+                .collect(),
+        };
+        let header = serde_json::to_value(&header).map_err(|error| {
+            RuntimeError::Checkpoint(CheckpointError::Header {
+                path: path.to_owned(),
+                message: error.to_string(),
+            })
+        })?;
+
+        let mut names = Vec::new();
+        let mut data = Vec::new();
+        for (bound, state) in self.binding.params.iter().zip(&self.states) {
+            let tensors = std::iter::once(("master", &state.master)).chain(state.moments());
+            for (role, tensor) in tensors {
+                let mut host = vec![0.0f32; bound.numel];
+                self.backend
+                    .download(tensor, HostTensorMut::F32(&mut host))?;
+                names.push(format!("{role}/{}", bound.name));
+                data.push(host);
+            }
+        }
+        let tensors: Vec<(&str, &[f32])> = names
+            .iter()
+            .map(String::as_str)
+            .zip(data.iter().map(Vec::as_slice))
+            .collect();
+        write_checkpoint(path, &header, &tensors)?;
+        Ok(())
+    }
+
+    /// Resume from a checkpoint written by [`Stepper::save`] for the same script
+    /// (graph and strategy) and the same parameters (names and shapes; their order
+    /// may differ).
+    pub fn load(
+        path: &Path,
+        backend: B,
+        graph: ScalarGraph,
+        strategy: Strategy,
+        params: &[ParamSpec],
+    ) -> Result<Self, RuntimeError> {
+        let mismatch = |reason: String| {
+            RuntimeError::Checkpoint(CheckpointError::Mismatch {
+                path: path.to_owned(),
+                reason,
+            })
+        };
+        let header_error = |message: String| {
+            RuntimeError::Checkpoint(CheckpointError::Header {
+                path: path.to_owned(),
+                message,
+            })
+        };
+        let data = read_checkpoint(path)?;
+
+        // What kind of file, then whose, before reading the rest.
+        let format = data.header.get("format").and_then(|f| f.as_str());
+        if format != Some(STATE_FORMAT) {
+            return Err(mismatch(format!(
+                "it is not a stepper checkpoint (format {}, expected \"{STATE_FORMAT}\")",
+                format.map_or_else(|| "missing".to_owned(), |f| format!("\"{f}\""))
+            )));
+        }
+        let version = data.header.get("version").and_then(|v| v.as_u64());
+        if version != Some(u64::from(STATE_VERSION)) {
+            return Err(mismatch(format!(
+                "its stepper state has version {}, but this build reads version {STATE_VERSION}",
+                version.map_or_else(|| "missing".to_owned(), |v| v.to_string())
+            )));
+        }
+        let ours = fingerprint(&graph, &strategy)?;
+        let theirs = data.header.get("fingerprint").and_then(|f| f.as_str());
+        if theirs != Some(ours.as_str()) {
+            return Err(mismatch(format!(
+                "checkpoint was written by a different script (fingerprint {}, this script {ours})",
+                theirs.unwrap_or("missing")
+            )));
+        }
+        let header: Header =
+            serde_json::from_value(data.header).map_err(|error| header_error(error.to_string()))?;
+
+        // The same parameters, by name.
+        let declared: HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        let recorded: HashMap<&str, &ParamRecord> =
+            header.params.iter().map(|r| (r.name.as_str(), r)).collect();
+        if recorded.len() != header.params.len() {
+            return Err(header_error("a parameter is recorded twice".to_owned()));
+        }
+        let unknown: Vec<&str> = header
+            .params
+            .iter()
+            .map(|r| r.name.as_str())
+            .filter(|name| !declared.contains(name))
+            .collect();
+        let missing: Vec<&str> = params
+            .iter()
+            .map(|p| p.name.as_str())
+            .filter(|name| !recorded.contains_key(name))
+            .collect();
+        if !unknown.is_empty() || !missing.is_empty() {
+            let mut reasons = Vec::new();
+            if !unknown.is_empty() {
+                reasons.push(format!(
+                    "it holds parameters this run does not declare: {}",
+                    quoted(&unknown)
+                ));
+            }
+            if !missing.is_empty() {
+                reasons.push(format!(
+                    "this run declares parameters it does not hold: {}",
+                    quoted(&missing)
+                ));
+            }
+            return Err(mismatch(reasons.join("; ")));
+        }
+        for spec in params {
+            let record = recorded[spec.name.as_str()];
+            if record.shape != spec.shape {
+                return Err(mismatch(format!(
+                    "parameter `{}` has shape {:?} in the checkpoint but {:?} in this run",
+                    spec.name, record.shape, spec.shape
+                )));
+            }
+        }
+
+        // Tensors by name; every one must be used.
+        let mut tensors: HashMap<&str, &[f32]> = HashMap::with_capacity(data.tensors.len());
+        for (name, values) in &data.tensors {
+            if tensors.insert(name.as_str(), values.as_slice()).is_some() {
+                return Err(header_error(format!("tensor `{name}` is stored twice")));
+            }
+        }
+        let mut take = |role: &str, name: &str, numel: usize| -> Result<&[f32], RuntimeError> {
+            let key = format!("{role}/{name}");
+            match tensors.remove(key.as_str()) {
+                Some(values) if values.len() == numel => Ok(values),
+                Some(values) => Err(mismatch(format!(
+                    "tensor `{key}` has {} elements, expected {numel}",
+                    values.len()
+                ))),
+                None => Err(mismatch(format!("tensor `{key}` is missing"))),
+            }
+        };
+        let mut masters = Vec::with_capacity(params.len());
+        for spec in params {
+            // An impossible shape is reported by the binding in `build`.
+            let numel = checked_numel(&spec.shape).unwrap_or(0);
+            masters.push(HostTensor::F32(take("master", &spec.name, numel)?));
+        }
+        let mut stepper = Self::build(backend, graph, strategy, params, &masters, false)?;
+
+        // Optimizer state.
+        for (index, spec) in params.iter().enumerate() {
+            let record = recorded[spec.name.as_str()];
+            let numel = stepper.plan.numels[index];
+            let state = &mut stepper.states[index];
+            state.updates = record.updates;
+            state.momentum_initialised = record.momentum_initialised;
+            for role in ["momentum", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"] {
+                if let Some(tensor) = state.moment_mut(role) {
+                    let values = take(role, &spec.name, numel)?;
+                    stepper.backend.upload(HostTensor::F32(values), tensor)?;
+                }
+            }
+        }
+        if !tensors.is_empty() {
+            let mut extra: Vec<&str> = tensors.keys().copied().collect();
+            extra.sort_unstable();
+            return Err(mismatch(format!(
+                "it holds tensors this optimizer does not use: {}",
+                quoted(&extra)
+            )));
+        }
+
+        // Schedules and loss scaling.
+        header
+            .evaluator
+            .validate()
+            .map_err(|error| header_error(format!("schedule state: {error}")))?;
+        if header.evaluator.graph() != stepper.evaluator.graph() {
+            return Err(mismatch(
+                "its schedule state holds a different scalar graph".to_owned(),
+            ));
+        }
+        if header.scaler.spec() != &stepper.strategy.precision.loss_scale {
+            return Err(mismatch(
+                "its loss scaler runs a different loss-scaling spec".to_owned(),
+            ));
+        }
+        stepper.evaluator = header.evaluator;
+        stepper.scaler = header.scaler;
+        stepper.updates = header.updates;
+        Ok(stepper)
+    }
+
+    /// Allocate the scratch pool if this configuration needs it and it is missing.
+    fn allocate_scratch(&mut self) -> Result<(), RuntimeError> {
+        let needed =
+            self.strategy.optimizer.kind == OptimizerKind::Lamb || self.measure_update_norm;
+        if !needed || !self.scratch.is_empty() || self.states.is_empty() {
+            return Ok(());
+        }
+        let mut lengths: Vec<usize> = Vec::new();
+        let mut indices = Vec::with_capacity(self.states.len());
+        for &numel in &self.plan.numels {
+            let index = match lengths.iter().position(|&n| n == numel) {
+                Some(index) => index,
+                None => {
+                    lengths.push(numel);
+                    lengths.len() - 1
+                }
+            };
+            indices.push(index);
+        }
+        let mut scratch = Vec::with_capacity(lengths.len());
+        for &numel in &lengths {
+            scratch.push(self.backend.zeros(numel)?);
+        }
+        self.scratch = scratch;
+        for (state, index) in self.states.iter_mut().zip(indices) {
+            state.scratch = Some(index);
+        }
+        Ok(())
+    }
+
+    fn check_tensors(
+        &self,
+        what: &'static str,
+        each: &'static str,
+        tensors: impl ExactSizeIterator<Item = (usize, DType)>,
+    ) -> Result<(), RuntimeError> {
+        if tensors.len() != self.binding.params.len() {
+            return Err(RuntimeError::TensorCount {
+                what,
+                expected: self.binding.params.len(),
+                actual: tensors.len(),
+            });
+        }
+        for (bound, (len, dtype)) in self.binding.params.iter().zip(tensors) {
+            if len != bound.numel || dtype != bound.dtype {
+                return Err(RuntimeError::TensorMismatch {
+                    what: each,
+                    name: bound.name.clone(),
+                    expected_len: bound.numel,
+                    expected_dtype: bound.dtype.name(),
+                    actual_len: len,
+                    actual_dtype: dtype.name(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every hyperparameter value this step reads must be usable.
+    fn check_hypers(&self, step: u64) -> Result<(), RuntimeError> {
+        let bad = |slot: usize, reason: &'static str| RuntimeError::BadHyperparameter {
+            step,
+            name: self.slot_name(slot),
+            value: self.values[slot],
+            reason,
+        };
+        for &(slot, hyper) in &self.plan.checks {
+            let value = self.values[slot];
+            if !value.is_finite() {
+                return Err(bad(slot, "not a finite number"));
+            }
+            let problem = match hyper {
+                Hyper::Lr if value < 0.0 => Some("a negative learning rate"),
+                Hyper::Momentum if value < 0.0 => Some("a negative momentum"),
+                Hyper::WeightDecay if value < 0.0 => Some("a negative weight decay"),
+                Hyper::Eps if value < 0.0 => Some("a negative epsilon"),
+                Hyper::Trust if value < 0.0 => Some("a negative trust coefficient"),
+                Hyper::Beta1 | Hyper::Beta2 if !(0.0..1.0).contains(&value) => {
+                    Some("a beta outside [0, 1)")
+                }
+                Hyper::Dampening if self.strategy.optimizer.nesterov && value != 0.0 => {
+                    Some("Nesterov momentum requires zero dampening")
+                }
+                _ => None,
+            };
+            if let Some(reason) = problem {
+                return Err(bad(slot, reason));
+            }
+        }
+        if let Some(slot) = self.plan.clip_slot {
+            let value = self.values[slot];
+            if !value.is_finite() {
+                return Err(bad(slot, "not a finite number"));
+            }
+            if value <= 0.0 {
+                return Err(bad(slot, "a clipping threshold that is not positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The graph output (or default) behind a value-table entry.
+    fn slot_name(&self, slot: usize) -> String {
+        let outputs = &self.evaluator.graph().outputs;
+        match outputs.get(slot) {
+            Some(output) => output.name.clone(),
+            None => Hyper::ALL
+                .get(slot - outputs.len())
+                .map_or_else(|| "?".to_owned(), |h| format!("default {}", h.name())),
+        }
+    }
+
+    fn report(
+        &self,
+        step: u64,
+        decision: &ScaleDecision,
+        norms: StepNorms,
+        trust_ratio: Option<TrustSummary>,
+        metrics: &Metrics,
+    ) -> StepReport {
+        let graph = self.evaluator.graph();
+        StepReport {
+            step,
+            updates: self.updates,
+            skipped: decision.skip,
+            loss_scale: decision.scale_used,
+            next_loss_scale: decision.next_scale,
+            grad_norm: norms.grad_norm,
+            clipped_grad_norm: norms.clipped_grad_norm,
+            update_norm: norms.update_norm,
+            scalars: graph
+                .outputs
+                .iter()
+                .zip(&self.values)
+                .map(|(output, &value)| (output.name.clone(), value))
+                .collect(),
+            group_lrs: self
+                .binding
+                .lr_bins
+                .iter()
+                .zip(&self.plan.bins)
+                .map(|(label, &(slot, scale))| (label.clone(), self.values[slot] * scale))
+                .collect(),
+            trust_ratio,
+            loss: metrics.loss,
+        }
+    }
+}
+
+/// The norms a step reports.
+struct StepNorms {
+    grad_norm: f64,
+    clipped_grad_norm: f64,
+    update_norm: f64,
+}
+
+impl StepNorms {
+    fn skipped() -> Self {
+        Self {
+            grad_norm: f64::NAN,
+            clipped_grad_norm: f64::NAN,
+            update_norm: 0.0,
+        }
+    }
+}
+
+/// Running min / sum / max of trust ratios.
+#[derive(Default)]
+struct TrustAccumulator {
+    count: usize,
+    min: f64,
+    max: f64,
+    sum: f64,
+}
+
+impl TrustAccumulator {
+    fn add(&mut self, ratio: f64) {
+        if self.count == 0 {
+            self.min = ratio;
+            self.max = ratio;
+        } else {
+            self.min = self.min.min(ratio);
+            self.max = self.max.max(ratio);
+        }
+        self.sum += ratio;
+        self.count += 1;
+    }
+
+    fn summary(&self) -> Option<TrustSummary> {
+        (self.count > 0).then(|| TrustSummary {
+            min: self.min,
+            mean: self.sum / self.count as f64,
+            max: self.max,
+        })
+    }
+}
+
+/// Hex SHA-256 of `serde_json::to_vec(&(graph, strategy))`.
+fn fingerprint(graph: &ScalarGraph, strategy: &Strategy) -> Result<String, RuntimeError> {
+    let bytes = serde_json::to_vec(&(graph, strategy))
+        .map_err(|error| RuntimeError::Strategy(format!("cannot encode the script: {error}")))?;
+    let digest = Sha256::digest(&bytes);
+    let mut hex = String::with_capacity(digest.len() * 2);
+    for byte in digest {
+        hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+        hex.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+    }
+    Ok(hex)
+}
+
+/// Element count of a shape, `None` when it overflows.
+fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &dim| acc.checked_mul(dim))
+}
+
+fn reborrow<'a>(tensor: &'a mut HostTensorMut<'_>) -> HostTensorMut<'a> {
+    match tensor {
+        HostTensorMut::F32(s) => HostTensorMut::F32(s),
+        HostTensorMut::F16(s) => HostTensorMut::F16(s),
+        HostTensorMut::BF16(s) => HostTensorMut::BF16(s),
+    }
+}
+
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

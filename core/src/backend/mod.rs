@@ -116,6 +116,17 @@ pub enum BackendError {
         /// The offending length.
         actual: usize,
     },
+    /// An operand the kernel needs is missing or unusable (for example no momentum
+    /// buffer for SGD with momentum ≠ 0).
+    #[error("invalid operand `{operand}` of {kernel}: {reason}")]
+    InvalidOperand {
+        /// The kernel that was called.
+        kernel: &'static str,
+        /// The operand's name in the kernel's signature.
+        operand: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The backend is not available in this build or on this machine.
     #[error("the {backend} backend is unavailable: {reason}")]
     Unavailable {
@@ -274,8 +285,7 @@ pub trait Backend: Send + Sync {
     fn scale(&self, tensor: &mut Self::Tensor, factor: f32) -> Result<(), BackendError>;
 
     /// `p = p + alpha · x`.
-    fn axpy(&self, p: &mut Self::Tensor, alpha: f32, x: &Self::Tensor)
-        -> Result<(), BackendError>;
+    fn axpy(&self, p: &mut Self::Tensor, alpha: f32, x: &Self::Tensor) -> Result<(), BackendError>;
 
     /// One SGD-family update; `momentum_buffer` is required when `step.momentum ≠ 0`.
     fn sgd_step(

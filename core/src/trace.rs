@@ -5,6 +5,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
 use crate::graph::{Evaluator, GraphError, ScalarGraph};
+use crate::runtime::StepReport;
 
 /// Significant digits kept by [`Trace::rounded`]: enough to see every schedule
 /// detail, few enough that last-ulp differences between platforms' `cos`/`exp`
@@ -59,6 +60,80 @@ impl Trace {
         Ok(Self { columns, records })
     }
 
+    /// A runtime trace: one record per [`StepReport`] (in the order given), so that a
+    /// run's optimizer side can be traced, plotted and snapshot-tested like its
+    /// schedules. Columns, in order:
+    ///
+    /// - every global scalar of the step (`lr`, `momentum`, …, group overrides such as
+    ///   `group1.lr`), in graph output order;
+    /// - the effective learning rate of each lr bin of the binding (after group
+    ///   overrides and layer decay), named like the bin (`lr×0.75^2`,
+    ///   `group1.lr×0.75^1`); a bin without layer decay is named after the output it
+    ///   reads (`lr`, `group1.lr`), which is already a column, and is not repeated;
+    /// - [`RUNTIME_COLUMNS`]: `loss_scale` (the scale this step's gradients carried),
+    ///   `skipped` (1 for a skipped step, else 0), `grad_norm`, `clipped_grad_norm`,
+    ///   `update_norm`;
+    /// - `trust_min`, `trust_mean`, `trust_max` when some step applied trust ratios
+    ///   (NaN in steps that did not);
+    /// - `loss` when some step reported one (NaN in steps that did not).
+    ///
+    /// Scalar and bin columns come from the first report; a later report lacking one
+    /// (which one stepper never produces) gets NaN there.
+    pub fn from_step_reports(reports: &[StepReport]) -> Self {
+        let Some(first) = reports.first() else {
+            return Self::default();
+        };
+        let scalar_names: Vec<&str> = first.scalars.iter().map(|(n, _)| n.as_str()).collect();
+        let bin_names: Vec<&str> = first
+            .group_lrs
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !scalar_names.contains(n))
+            .collect();
+        let has_trust = reports.iter().any(|r| r.trust_ratio.is_some());
+        let has_loss = reports.iter().any(|r| r.loss.is_some());
+
+        let mut columns: Vec<String> = scalar_names.iter().map(|n| n.to_string()).collect();
+        columns.extend(bin_names.iter().map(|n| n.to_string()));
+        columns.extend(RUNTIME_COLUMNS.iter().map(|c| c.to_string()));
+        if has_trust {
+            columns.extend(TRUST_COLUMNS.iter().map(|c| c.to_string()));
+        }
+        if has_loss {
+            columns.push(LOSS_COLUMN.to_string());
+        }
+
+        let records = reports
+            .iter()
+            .map(|report| {
+                let mut values = Vec::with_capacity(columns.len());
+                values.extend(named_values(&scalar_names, &report.scalars));
+                values.extend(named_values(&bin_names, &report.group_lrs));
+                values.extend([
+                    report.loss_scale,
+                    if report.skipped { 1.0 } else { 0.0 },
+                    report.grad_norm,
+                    report.clipped_grad_norm,
+                    report.update_norm,
+                ]);
+                if has_trust {
+                    values.extend(match report.trust_ratio {
+                        Some(t) => [t.min, t.mean, t.max],
+                        None => [f64::NAN; 3],
+                    });
+                }
+                if has_loss {
+                    values.push(report.loss.unwrap_or(f64::NAN));
+                }
+                TraceRecord {
+                    step: report.step,
+                    values,
+                }
+            })
+            .collect();
+        Self { columns, records }
+    }
+
     /// The values of one column, in step order.
     pub fn column(&self, name: &str) -> Option<Vec<f64>> {
         let index = self.columns.iter().position(|c| c == name)?;
@@ -102,6 +177,41 @@ impl Trace {
         }
         out
     }
+}
+
+/// The columns every runtime trace has after its scalar and lr-bin columns (see
+/// [`Trace::from_step_reports`]).
+pub const RUNTIME_COLUMNS: [&str; 5] = [
+    "loss_scale",
+    "skipped",
+    "grad_norm",
+    "clipped_grad_norm",
+    "update_norm",
+];
+
+/// The trust-ratio summary columns of a runtime trace (LARS/LAMB).
+pub const TRUST_COLUMNS: [&str; 3] = ["trust_min", "trust_mean", "trust_max"];
+
+/// The loss column of a runtime trace.
+pub const LOSS_COLUMN: &str = "loss";
+
+/// The value of each of `names` in `pairs`: by position when the names line up (the
+/// normal case: one stepper reports the same outputs every step), else by lookup,
+/// NaN when absent.
+fn named_values<'a>(
+    names: &'a [&str],
+    pairs: &'a [(String, f64)],
+) -> impl Iterator<Item = f64> + 'a {
+    names
+        .iter()
+        .enumerate()
+        .map(move |(index, name)| match pairs.get(index) {
+            Some((n, v)) if n == name => *v,
+            _ => pairs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(f64::NAN, |(_, v)| *v),
+        })
 }
 
 /// Shortest text that reads back as the same `f64` (`NaN`, `inf`, `-inf` spelled out).
@@ -149,5 +259,95 @@ impl Serialize for Trace {
             })?;
         }
         seq.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::TrustSummary;
+
+    fn report(
+        step: u64,
+        skipped: bool,
+        trust: Option<TrustSummary>,
+        loss: Option<f64>,
+    ) -> StepReport {
+        StepReport {
+            step,
+            updates: step,
+            skipped,
+            loss_scale: 1024.0,
+            next_loss_scale: 512.0,
+            grad_norm: if skipped { f64::INFINITY } else { 2.0 },
+            clipped_grad_norm: if skipped { f64::INFINITY } else { 1.0 },
+            update_norm: if skipped { 0.0 } else { 0.25 },
+            scalars: vec![("lr".to_string(), 0.1), ("momentum".to_string(), 0.9)],
+            group_lrs: vec![
+                ("lr".to_string(), 0.1),
+                ("lr×0.75^1".to_string(), 0.075),
+                ("group1.lr×0.75^1".to_string(), 0.0075),
+            ],
+            trust_ratio: trust,
+            loss,
+        }
+    }
+
+    #[test]
+    fn step_reports_become_records_with_fixed_columns() {
+        let trust = TrustSummary {
+            min: 0.5,
+            mean: 1.0,
+            max: 2.0,
+        };
+        let trace = Trace::from_step_reports(&[
+            report(0, false, Some(trust), Some(3.0)),
+            report(1, true, None, Some(2.5)),
+        ]);
+        assert_eq!(
+            trace.columns,
+            [
+                "lr",
+                "momentum",
+                "lr×0.75^1",
+                "group1.lr×0.75^1",
+                "loss_scale",
+                "skipped",
+                "grad_norm",
+                "clipped_grad_norm",
+                "update_norm",
+                "trust_min",
+                "trust_mean",
+                "trust_max",
+                "loss"
+            ]
+        );
+        assert_eq!(
+            trace.records[0].values,
+            [0.1, 0.9, 0.075, 0.0075, 1024.0, 0.0, 2.0, 1.0, 0.25, 0.5, 1.0, 2.0, 3.0]
+        );
+        let skipped = &trace.records[1];
+        assert_eq!(skipped.step, 1);
+        assert_eq!(skipped.values[5], 1.0);
+        assert!(skipped.values[6].is_infinite());
+        assert!(skipped.values[9..12].iter().all(|v| v.is_nan()));
+        assert_eq!(skipped.values[12], 2.5);
+    }
+
+    #[test]
+    fn optional_columns_appear_only_when_used() {
+        let trace = Trace::from_step_reports(&[report(0, false, None, None)]);
+        assert_eq!(trace.columns.len(), 4 + RUNTIME_COLUMNS.len());
+        assert!(Trace::from_step_reports(&[]).records.is_empty());
+    }
+
+    #[test]
+    fn a_missing_name_is_looked_up_or_nan() {
+        let mut second = report(1, false, None, None);
+        second.scalars.reverse();
+        second.group_lrs.truncate(2);
+        let trace = Trace::from_step_reports(&[report(0, false, None, None), second]);
+        assert_eq!(trace.records[1].values[..3], [0.1, 0.9, 0.075]);
+        assert!(trace.records[1].values[3].is_nan());
     }
 }

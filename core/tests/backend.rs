@@ -241,15 +241,14 @@ fn sgd_with_momentum_needs_a_buffer() {
 
 // ---------------------------------------------------------------- Adam family
 
-// Hyperparameters arrive as f32, where 0.999 is 0.99900001287…: 1 − β2 would carry a
-// 1.3e-5 relative representation error before the kernel does anything. The tests
-// therefore use betas exact in binary (β1 = 0.875 = 1 − 2⁻³, β2 = 1 − 2⁻¹⁰), so the
-// tolerance measures the kernels' f32 arithmetic only.
+// The hand-worked trajectories use betas exact in binary (β1 = 0.875 = 1 − 2⁻³,
+// β2 = 1 − 2⁻¹⁰) so the arithmetic stays short; `one_minus_beta_is_formed_in_f64`
+// covers a beta f32 cannot hold.
 
 /// β1 = 1 − 2⁻³.
-const BETA1: f32 = 0.875;
+const BETA1: f64 = 0.875;
 /// β2 = 1 − 2⁻¹⁰.
-const BETA2: f32 = 1.0 - 1.0 / 1024.0;
+const BETA2: f64 = 1.0 - 1.0 / 1024.0;
 
 fn adam_step(t: i32, weight_decay: f32, decoupled: bool) -> AdamStep {
     AdamStep {
@@ -1015,4 +1014,32 @@ fn sum_squares_is_accurate() {
     let naive: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
     close_f64(backend().sum_squares(&x).unwrap(), naive, 1e-12);
     const { assert!(LARGE > 2 * REDUCTION_CHUNK, "several chunks") };
+}
+
+/// Betas arrive as f64 and 1 − β is formed before rounding, as PyTorch does: with
+/// β2 = 0.999 and g = 1 the first second moment is f32(0.001) exactly. Forming it from
+/// f32(0.999) = 0.99900001287 would give 0.000999987 instead.
+#[test]
+fn one_minus_beta_is_formed_in_f64() {
+    let backend = NdArrayBackend::new();
+    let mut p = backend.zeros(1).unwrap();
+    let mut g = backend.zeros(1).unwrap();
+    backend.upload(HostTensor::F32(&[1.0]), &mut g).unwrap();
+    let mut m = backend.zeros(1).unwrap();
+    let mut v = backend.zeros(1).unwrap();
+    let step = AdamStep {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: false,
+        bias_correction1: 1.0 - 0.9,
+        bias_correction2: 1.0 - 0.999,
+    };
+    backend
+        .adam_step(&mut p, &g, &mut m, &mut v, None, &step)
+        .unwrap();
+    assert_eq!(v[0], 0.001f32);
+    assert_eq!(m[0], 0.1f32);
 }

@@ -236,8 +236,8 @@ impl ArrayFireBackend {
 }
 
 /// `(1 − x)` computed in f64 and rounded once, as PyTorch's Python floats are.
-fn one_minus(x: f32) -> f32 {
-    (1.0 - f64::from(x)) as f32
+fn one_minus(x: f64) -> f32 {
+    (1.0 - x) as f32
 }
 
 impl Backend for ArrayFireBackend {
@@ -420,8 +420,8 @@ impl Backend for ArrayFireBackend {
             } else {
                 (p.clone(), g.clone())
             };
-            let new_m = &(&*m * step.beta1) + &(&g * one_minus(step.beta1));
-            let new_v = &(&*v * step.beta2) + &(&(&g * one_minus(step.beta2)) * &g);
+            let new_m = &(&*m * step.beta1 as f32) + &(&g * one_minus(step.beta1));
+            let new_v = &(&*v * step.beta2 as f32) + &(&(&g * one_minus(step.beta2)) * &g);
             let v_hat = match &v_max {
                 Some(v_max) => arrayfire::maxof(&**v_max, &new_v, false),
                 None => new_v.clone(),
@@ -459,8 +459,8 @@ impl Backend for ArrayFireBackend {
         let bias_correction1 = direction.bias_correction1 as f32;
         let bias_correction2 = direction.bias_correction2 as f32;
         self.run(|| {
-            let new_m = &(&*m * direction.beta1) + &(g * one_minus(direction.beta1));
-            let new_v = &(&*v * direction.beta2) + &(&(g * one_minus(direction.beta2)) * g);
+            let new_m = &(&*m * direction.beta1 as f32) + &(g * one_minus(direction.beta1));
+            let new_v = &(&*v * direction.beta2 as f32) + &(&(g * one_minus(direction.beta2)) * g);
             let denom = &arrayfire::sqrt(&(&new_v / bias_correction2)) + direction.eps;
             let new_update =
                 &(&(&new_m / bias_correction1) / &denom) + &(p * direction.weight_decay);

@@ -196,10 +196,11 @@ pub struct SgdStep {
 pub struct AdamStep {
     /// Learning rate.
     pub lr: f32,
-    /// First-moment decay.
-    pub beta1: f32,
-    /// Second-moment decay.
-    pub beta2: f32,
+    /// First-moment decay (f64 so that 1 − β is formed before rounding to f32, as
+    /// PyTorch does: 0.999 in f32 would weight g² by 0.000999987).
+    pub beta1: f64,
+    /// Second-moment decay (f64, as `beta1`).
+    pub beta2: f64,
     /// Denominator epsilon.
     pub eps: f32,
     /// Weight decay.
@@ -222,10 +223,11 @@ pub struct AdamStep {
 /// The runtime then applies `p = p − lr·trust·update` with `axpy`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LambDirection {
-    /// First-moment decay.
-    pub beta1: f32,
-    /// Second-moment decay.
-    pub beta2: f32,
+    /// First-moment decay (f64 so that 1 − β is formed before rounding to f32, as
+    /// PyTorch does: 0.999 in f32 would weight g² by 0.000999987).
+    pub beta1: f64,
+    /// Second-moment decay (f64, as `beta1`).
+    pub beta2: f64,
     /// Denominator epsilon.
     pub eps: f32,
     /// Decoupled weight decay added to the direction.

@@ -357,10 +357,10 @@ struct AdamConstants {
 impl AdamConstants {
     fn new(step: &AdamStep) -> Self {
         Self {
-            beta1: step.beta1,
-            one_minus_beta1: (1.0 - f64::from(step.beta1)) as f32,
-            beta2: step.beta2,
-            one_minus_beta2: (1.0 - f64::from(step.beta2)) as f32,
+            beta1: step.beta1 as f32,
+            one_minus_beta1: (1.0 - step.beta1) as f32,
+            beta2: step.beta2 as f32,
+            one_minus_beta2: (1.0 - step.beta2) as f32,
             eps: step.eps,
             weight_decay: step.weight_decay,
             decay_factor: (1.0 - f64::from(step.lr) * f64::from(step.weight_decay)) as f32,
@@ -449,10 +449,10 @@ struct LambConstants {
 impl LambConstants {
     fn new(direction: &LambDirection) -> Self {
         Self {
-            beta1: direction.beta1,
-            one_minus_beta1: (1.0 - f64::from(direction.beta1)) as f32,
-            beta2: direction.beta2,
-            one_minus_beta2: (1.0 - f64::from(direction.beta2)) as f32,
+            beta1: direction.beta1 as f32,
+            one_minus_beta1: (1.0 - direction.beta1) as f32,
+            beta2: direction.beta2 as f32,
+            one_minus_beta2: (1.0 - direction.beta2) as f32,
             eps: direction.eps,
             weight_decay: direction.weight_decay,
             bias_correction1: direction.bias_correction1 as f32,

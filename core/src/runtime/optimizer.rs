@@ -214,8 +214,8 @@ pub(crate) fn update<B: Backend>(
             let t = state.updates + 1;
             let step = AdamStep {
                 lr: hypers.lr as f32,
-                beta1: hypers.beta1 as f32,
-                beta2: hypers.beta2 as f32,
+                beta1: hypers.beta1,
+                beta2: hypers.beta2,
                 eps: hypers.eps as f32,
                 weight_decay: hypers.weight_decay as f32,
                 decoupled: spec.kind == OptimizerKind::AdamW,
@@ -257,8 +257,8 @@ pub(crate) fn update<B: Backend>(
                 v,
                 direction,
                 &LambDirection {
-                    beta1: hypers.beta1 as f32,
-                    beta2: hypers.beta2 as f32,
+                    beta1: hypers.beta1,
+                    beta2: hypers.beta2,
                     eps: hypers.eps as f32,
                     weight_decay: hypers.weight_decay as f32,
                     bias_correction1,

@@ -369,7 +369,7 @@ impl Backend for ArrayFireBackend {
                     let new_buffer = if step.first_step {
                         d.clone()
                     } else {
-                        &(&*buffer * step.momentum) + &(&d * one_minus(step.dampening))
+                        &(&*buffer * step.momentum) + &(&d * one_minus(f64::from(step.dampening)))
                     };
                     let direction = if step.nesterov {
                         &d + &(&new_buffer * step.momentum)

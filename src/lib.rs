@@ -1,17 +1,24 @@
 //! Regimen: steer neural-network training with checked, traceable schedule scripts.
 //!
-//! A `*.regimen` script describes how hyperparameters (learning rate, momentum, …)
-//! evolve step by step. This crate is the facade over the workspace:
+//! A `*.regimen` script describes how a run is steered step by step: how
+//! hyperparameters (learning rate, momentum, …) evolve, which optimizer runs, how
+//! parameter groups and layers are treated, and the numeric precision with its loss
+//! scaling. This crate is the facade over the workspace:
 //!
+//! - [`Script`] loads and checks a script once, then [binds](Script::bind) it to a
+//!   model's parameters: the resulting [`Stepper`] applies the whole strategy to the
+//!   gradients a training loop hands it each step;
+//! - [`trace_file`] and [`trace_source`] go from a script straight to the [`Trace`] of
+//!   its schedules, and [`trace_problem`] runs its full strategy on a built-in
+//!   synthetic problem ([`ProblemKind`]) and traces what the runtime did;
 //! - [`dsl`] parses, checks, formats and compiles scripts (re-exported from
-//!   `regimen-dsl`);
-//! - [`core`] evaluates the compiled scalar graph and records [`Trace`]s
-//!   (re-exported from `regimen-core`);
-//! - [`trace_file`] and [`trace_source`] go from a script straight to a [`Trace`];
+//!   `regimen-dsl`), [`core`] holds the runtime (re-exported from `regimen-core`);
 //! - [`output`] renders a trace as a table, JSON or YAML, and [`plot`] draws it (SVG
 //!   or PNG);
 //! - [`assert_trace_snapshot!`] pins a script's trace in an `insta` snapshot in *your*
 //!   crate's tests (feature `snapshot`, on by default).
+//!
+//! A schedule, traced:
 //!
 //! ```
 //! use regimen::{trace_source, TraceOptions};
@@ -23,6 +30,34 @@
 //! assert!((lr[10] - 0.1).abs() < 1e-12); // warmup done: the peak
 //! # Ok::<(), regimen::Error>(())
 //! ```
+//!
+//! A training loop, driven by a script (see [`Script`] and `examples/train_mlp.rs`):
+//!
+//! ```
+//! use regimen::{HostTensor, HostTensorMut, Metrics, ParamSpec, Script};
+//!
+//! let script = Script::from_source(
+//!     "train.regimen",
+//!     "lr = 0.1\noptimizer sgd(momentum: 0.9)\n",
+//!     &Default::default(),
+//! )?;
+//! let params = [ParamSpec::new("w", &[2])];
+//! let mut w = vec![1.0f32, -1.0];
+//! let mut stepper = script.bind(&params, &[HostTensor::F32(&w)])?;
+//! for _ in 0..3 {
+//!     // Loss ½‖w‖², so the gradient is w itself.
+//!     let grad = w.clone();
+//!     let loss = 0.5 * w.iter().map(|x| f64::from(x * x)).sum::<f64>();
+//!     let report = stepper.step(
+//!         &mut [HostTensorMut::F32(&mut w)],
+//!         &[HostTensor::F32(&grad)],
+//!         &Metrics { loss: Some(loss) },
+//!     )?;
+//!     assert!(!report.skipped);
+//! }
+//! assert!(w[0] < 1.0 && w[1] > -1.0); // moved towards the minimum
+//! # Ok::<(), regimen::Error>(())
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -32,9 +67,11 @@ pub mod plot;
 pub use regimen_core as core;
 pub use regimen_dsl as dsl;
 
+pub use regimen_core::problem::{Problem, ProblemError, ProblemKind, ProblemModel};
 pub use regimen_core::{
-    format_value, round_significant, GraphError, ScalarGraph, Trace, TraceRecord,
-    SNAPSHOT_SIGNIFICANT_DIGITS,
+    format_value, round_significant, Backend, BackendChoice, BackendError, Binding, DType,
+    GraphError, HostTensor, HostTensorMut, Metrics, NdArrayBackend, ParamSpec, RuntimeError,
+    ScalarGraph, StepReport, Stepper, Strategy, Trace, TraceRecord, SNAPSHOT_SIGNIFICANT_DIGITS,
 };
 pub use regimen_dsl::{CompileOptions, Compiled, Diagnostic, Report, Severity, SourceFile};
 
@@ -75,6 +112,16 @@ pub enum Error {
         #[source]
         source: GraphError,
     },
+    /// Binding, stepping, saving or loading failed in the runtime (a parameter list
+    /// that does not fit, a bad hyperparameter value, a refused checkpoint, …).
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The backend asked for is not available in this build.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// An unknown built-in problem, or tensors that do not fit one.
+    #[error(transparent)]
+    Problem(#[from] ProblemError),
 }
 
 impl Error {
@@ -237,6 +284,322 @@ pub fn trace_file(path: impl AsRef<Path>, options: &TraceOptions) -> Result<Trac
     trace_compiled(&compiled, &file.name, options)
 }
 
+/// How [`trace_problem`] runs a script's strategy on a built-in problem.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProblemOptions {
+    /// Which problem.
+    pub problem: ProblemKind,
+    /// The seed of its data, initial parameters, noise and minibatch order.
+    pub seed: u64,
+    /// Steps at which one gradient element is replaced by +inf (an injected overflow),
+    /// on top of the real overflows an f16 loss scale causes.
+    pub overflow_at: Vec<u64>,
+    /// The tensor backend to run on.
+    pub backend: BackendChoice,
+}
+
+impl ProblemOptions {
+    /// `problem` with seed 0, no injected overflow, on the CPU backend.
+    pub fn new(problem: ProblemKind) -> Self {
+        Self {
+            problem,
+            seed: 0,
+            overflow_at: Vec::new(),
+            backend: BackendChoice::NdArray,
+        }
+    }
+
+    /// Use another seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Inject an overflow at each of these steps.
+    pub fn with_overflow_at(mut self, steps: impl IntoIterator<Item = u64>) -> Self {
+        self.overflow_at = steps.into_iter().collect();
+        self
+    }
+
+    /// Run on another backend.
+    pub fn with_backend(mut self, backend: BackendChoice) -> Self {
+        self.backend = backend;
+        self
+    }
+}
+
+/// Run the full strategy of an already compiled script (optimizer, groups, layer
+/// decay, precision, clipping) on a built-in problem for the steps `options` asks for
+/// (`options.steps`, else the horizon), and trace every step's [`StepReport`] (see
+/// [`Trace::from_step_reports`] for the columns). `name` is only used in error
+/// messages. Deterministic: the same script, options and seed give the same bits.
+pub fn trace_problem_compiled(
+    compiled: &Compiled,
+    name: &str,
+    options: &TraceOptions,
+    problem: &ProblemOptions,
+) -> Result<Trace, Error> {
+    let steps = steps_to_trace(compiled, name, options)?;
+    match problem.backend {
+        BackendChoice::NdArray => run_problem(
+            NdArrayBackend::new(),
+            compiled,
+            steps,
+            options.every,
+            problem,
+        ),
+        BackendChoice::ArrayFire => {
+            problem.backend.ensure_built()?;
+            // The backend exists in `regimen-core`, but this facade is built without
+            // a way to name it; a program can still use it through `Script::bind_with`.
+            Err(Error::Backend(BackendError::Unavailable {
+                backend: "arrayfire",
+                reason: "the `regimen` facade runs built-in problems on the ndarray backend \
+                         only; bind the script with `Script::bind_with` to use ArrayFire"
+                    .to_string(),
+            }))
+        }
+    }
+}
+
+fn run_problem<B: Backend>(
+    backend: B,
+    compiled: &Compiled,
+    steps: u64,
+    every: u64,
+    options: &ProblemOptions,
+) -> Result<Trace, Error> {
+    let every = every.max(1);
+    let problem = Problem::new(options.problem, options.seed);
+    let mut model = ProblemModel::new(problem, compiled.strategy.precision.dtype)
+        .with_overflow_at(&options.overflow_at);
+    let mut stepper = Stepper::new(
+        backend,
+        compiled.graph.clone(),
+        compiled.strategy.clone(),
+        &model.param_specs(),
+        &model.params(),
+    )?;
+    let mut kept = Vec::new();
+    for step in 0..steps {
+        let report = model.step(&mut stepper)?;
+        if step % every == 0 || step + 1 == steps {
+            kept.push(report);
+        }
+    }
+    Ok(Trace::from_step_reports(&kept))
+}
+
+/// Compile the script `text` (named `name` in diagnostics) and trace its strategy on
+/// a built-in problem (see [`trace_problem_compiled`]).
+pub fn trace_problem_source(
+    name: &str,
+    text: &str,
+    options: &TraceOptions,
+    problem: &ProblemOptions,
+) -> Result<Trace, Error> {
+    let file = SourceFile::new(name, text);
+    let compiled = compile(&file, options)?;
+    trace_problem_compiled(&compiled, name, options, problem)
+}
+
+/// Read and compile the script at `path` and trace its strategy on a built-in problem
+/// (what `regimen trace SCRIPT --problem NAME` prints).
+///
+/// ```
+/// use regimen::{trace_problem, ProblemKind, ProblemOptions, TraceOptions};
+///
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/mlp_adamw.regimen");
+/// let options = TraceOptions::default().with_steps(50);
+/// let trace = trace_problem(path, &options, &ProblemOptions::new(ProblemKind::Logistic))?;
+/// let loss = trace.column("loss").unwrap_or_default();
+/// assert!(loss[49] < loss[0]);
+/// # Ok::<(), regimen::Error>(())
+/// ```
+pub fn trace_problem(
+    path: impl AsRef<Path>,
+    options: &TraceOptions,
+    problem: &ProblemOptions,
+) -> Result<Trace, Error> {
+    let file = read_source(path)?;
+    let compiled = compile(&file, options)?;
+    trace_problem_compiled(&compiled, &file.name, options, problem)
+}
+
+/// A checked, compiled script: the entry point of a training loop.
+///
+/// Load it once, [bind](Script::bind) it to the model's parameter list (names,
+/// shapes, dtypes, optional layer depths) with their initial values, and hand the
+/// resulting [`Stepper`] the gradients of every step. The stepper keeps f32 master
+/// weights and all optimizer state, applies the script's learning rate and other
+/// schedules, groups, layer decay, loss scaling and clipping, and writes the updated
+/// parameters back into the model's buffers (in the model's dtype).
+///
+/// ```no_run
+/// use regimen::{HostTensor, HostTensorMut, Metrics, ParamSpec, Script};
+///
+/// # fn forward_backward(_: &[Vec<f32>], _: &mut [Vec<f32>]) -> f64 { 0.0 }
+/// let script = Script::from_file("train.regimen")?;
+/// if let Some(warnings) = script.warnings() {
+///     eprint!("{warnings}");
+/// }
+/// let specs = vec![
+///     ParamSpec::new("layers.0.weight", &[64, 2]).with_depth(0),
+///     ParamSpec::new("layers.0.bias", &[64]).with_depth(0),
+/// ];
+/// let mut params: Vec<Vec<f32>> = specs.iter().map(|s| vec![0.01; s.numel()]).collect();
+/// let mut grads: Vec<Vec<f32>> = specs.iter().map(|s| vec![0.0; s.numel()]).collect();
+///
+/// let initial: Vec<HostTensor> = params.iter().map(|p| HostTensor::F32(p)).collect();
+/// let mut stepper = script.bind(&specs, &initial)?;
+/// eprint!("{}", stepper.binding().describe()); // which rule applies to which tensor
+/// for _ in 0..1000 {
+///     let loss = forward_backward(&params, &mut grads);
+///     let grad_views: Vec<HostTensor> = grads.iter().map(|g| HostTensor::F32(g)).collect();
+///     let mut param_views: Vec<HostTensorMut> =
+///         params.iter_mut().map(|p| HostTensorMut::F32(p)).collect();
+///     let report = stepper.step(&mut param_views, &grad_views, &Metrics { loss: Some(loss) })?;
+///     if report.skipped {
+///         eprintln!("step {} skipped: non-finite gradients", report.step);
+///     }
+/// }
+/// stepper.save("run.ckpt".as_ref())?;
+/// // Later, in a fresh process: the same script and parameter list.
+/// let resumed = script.resume("run.ckpt", &specs)?;
+/// # Ok::<(), regimen::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Script {
+    file: SourceFile,
+    compiled: Compiled,
+}
+
+impl Script {
+    /// Read and compile the script at `path` with its own epoch and batch settings.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::from_file_with(path, &CompileOptions::default())
+    }
+
+    /// Read and compile the script at `path`; `options` override its steps per epoch
+    /// and batch size (e.g. with the length of the training loop's data loader).
+    pub fn from_file_with(path: impl AsRef<Path>, options: &CompileOptions) -> Result<Self, Error> {
+        let file = read_source(path)?;
+        Self::compile(file, options)
+    }
+
+    /// Compile the script `text`, named `name` in diagnostics.
+    pub fn from_source(name: &str, text: &str, options: &CompileOptions) -> Result<Self, Error> {
+        Self::compile(SourceFile::new(name, text), options)
+    }
+
+    fn compile(file: SourceFile, options: &CompileOptions) -> Result<Self, Error> {
+        let compiled = regimen_dsl::compile(&file, options)?;
+        Ok(Self { file, compiled })
+    }
+
+    /// The script's name (its path as given).
+    pub fn name(&self) -> &str {
+        &self.file.name
+    }
+
+    /// The script's text.
+    pub fn source(&self) -> &SourceFile {
+        &self.file
+    }
+
+    /// The compiled script: scalar graph, strategy, settings, warnings.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// The tensor side: optimizer, groups, layer decay, precision.
+    pub fn strategy(&self) -> &Strategy {
+        &self.compiled.strategy
+    }
+
+    /// The compiler's warnings as a report ready to print (`file:line:col`, source
+    /// line, caret), or `None` when there are none.
+    pub fn warnings(&self) -> Option<Report> {
+        (!self.compiled.warnings.is_empty()).then(|| Report {
+            file: self.file.clone(),
+            diagnostics: self.compiled.warnings.clone(),
+        })
+    }
+
+    /// Bind the script to a model's parameters on the CPU backend. `initial` holds one
+    /// tensor per parameter (in its dtype): the starting master weights. Every shape
+    /// and dtype is checked before anything is allocated; warnings about globs that
+    /// match nothing are in [`Binding::warnings`] (`stepper.binding()`).
+    pub fn bind(
+        &self,
+        params: &[ParamSpec],
+        initial: &[HostTensor<'_>],
+    ) -> Result<Stepper<NdArrayBackend>, Error> {
+        self.bind_with(NdArrayBackend::new(), params, initial)
+    }
+
+    /// [`Script::bind`] on another backend.
+    pub fn bind_with<B: Backend>(
+        &self,
+        backend: B,
+        params: &[ParamSpec],
+        initial: &[HostTensor<'_>],
+    ) -> Result<Stepper<B>, Error> {
+        Ok(Stepper::new(
+            backend,
+            self.compiled.graph.clone(),
+            self.compiled.strategy.clone(),
+            params,
+            initial,
+        )?)
+    }
+
+    /// Resume a run from a checkpoint written by [`Stepper::save`], on the CPU
+    /// backend. The checkpoint must come from this script and this parameter list;
+    /// anything else is refused with a clear error. The master weights are restored:
+    /// copy them into the model with [`Stepper::read_master`].
+    pub fn resume(
+        &self,
+        checkpoint: impl AsRef<Path>,
+        params: &[ParamSpec],
+    ) -> Result<Stepper<NdArrayBackend>, Error> {
+        self.resume_with(NdArrayBackend::new(), checkpoint, params)
+    }
+
+    /// [`Script::resume`] on another backend.
+    pub fn resume_with<B: Backend>(
+        &self,
+        backend: B,
+        checkpoint: impl AsRef<Path>,
+        params: &[ParamSpec],
+    ) -> Result<Stepper<B>, Error> {
+        Ok(Stepper::load(
+            checkpoint.as_ref(),
+            backend,
+            self.compiled.graph.clone(),
+            self.compiled.strategy.clone(),
+            params,
+        )?)
+    }
+
+    /// The trace of the script's schedules for the steps `options` asks for (its
+    /// epoch and batch settings are ignored: they were fixed at compile time).
+    pub fn trace(&self, options: &TraceOptions) -> Result<Trace, Error> {
+        trace_compiled(&self.compiled, self.name(), options)
+    }
+
+    /// The runtime trace of the script's strategy on a built-in problem (see
+    /// [`trace_problem_compiled`]; the epoch and batch settings of `options` are
+    /// ignored).
+    pub fn trace_problem(
+        &self,
+        options: &TraceOptions,
+        problem: &ProblemOptions,
+    ) -> Result<Trace, Error> {
+        trace_problem_compiled(&self.compiled, self.name(), options, problem)
+    }
+}
+
 /// What [`assert_trace_snapshot!`] records. Built by the macro; public only so that
 /// the macro can reach it from other crates.
 #[doc(hidden)]
@@ -248,6 +611,12 @@ pub struct SnapshotRequest {
     pub name: Option<String>,
     /// Trace settings.
     pub options: TraceOptions,
+    /// A built-in problem to run the script on (a runtime trace), by name.
+    pub problem: Option<String>,
+    /// The problem's seed.
+    pub seed: u64,
+    /// Steps with an injected overflow.
+    pub overflow_at: Vec<u64>,
 }
 
 #[doc(hidden)]
@@ -258,6 +627,9 @@ impl SnapshotRequest {
             path: path.into(),
             name: None,
             options: TraceOptions::default(),
+            problem: None,
+            seed: 0,
+            overflow_at: Vec::new(),
         }
     }
 
@@ -275,7 +647,15 @@ impl SnapshotRequest {
             path: full.clone(),
             source,
         })?;
-        let trace = trace_source(&self.path, &text, &self.options)?;
+        let trace = match &self.problem {
+            None => trace_source(&self.path, &text, &self.options)?,
+            Some(problem) => {
+                let problem = ProblemOptions::new(ProblemKind::from_name(problem)?)
+                    .with_seed(self.seed)
+                    .with_overflow_at(self.overflow_at.iter().copied());
+                trace_problem_source(&self.path, &text, &self.options, &problem)?
+            }
+        };
         let csv = trace.rounded(SNAPSHOT_SIGNIFICANT_DIGITS).to_csv();
         let name = match &self.name {
             Some(name) => name.clone(),
@@ -297,6 +677,13 @@ impl SnapshotRequest {
         if let Some(b) = self.options.batch_size {
             description.push_str(&format!(" --batch-size {b}"));
         }
+        if let Some(problem) = &self.problem {
+            description.push_str(&format!(" --problem {problem} --seed {}", self.seed));
+            if !self.overflow_at.is_empty() {
+                let steps: Vec<String> = self.overflow_at.iter().map(u64::to_string).collect();
+                description.push_str(&format!(" --overflow-at {}", steps.join(",")));
+            }
+        }
         description.push_str(&format!(
             " (values rounded to {SNAPSHOT_SIGNIFICANT_DIGITS} significant digits)"
         ));
@@ -311,6 +698,12 @@ impl SnapshotRequest {
 /// fn warmup_cosine() {
 ///     regimen::assert_trace_snapshot!("schedules/warmup_cosine.regimen", steps = 100);
 /// }
+///
+/// #[test]
+/// fn mixed_precision_on_the_quadratic() {
+///     // What the runtime does with the script: loss scale, skipped steps, norms, loss.
+///     regimen::assert_trace_snapshot!("train.regimen", problem = "quadratic", steps = 200, every = 10);
+/// }
 /// ```
 ///
 /// The path is resolved against the calling crate's `CARGO_MANIFEST_DIR`. The script
@@ -324,7 +717,12 @@ impl SnapshotRequest {
 /// - `steps = N` — steps to trace (default: the script's horizon);
 /// - `every = K` — keep every K-th step (and the last);
 /// - `steps_per_epoch = E`, `batch_size = B` — override the script's settings;
-/// - `name = "…"` — the snapshot name (default: the script's file stem).
+/// - `name = "…"` — the snapshot name (default: the script's file stem);
+/// - `problem = "quadratic"` (or `"logistic"`) — run the script's full strategy on
+///   that built-in problem and snapshot the runtime trace (lr per bin, loss scale,
+///   skipped steps, gradient and update norms, trust ratios, loss) instead of the
+///   schedules; `seed = S` (default 0) seeds it, `overflow_at = [s, …]` injects
+///   gradient overflows at those steps.
 ///
 /// Panics (failing the test) when the script cannot be read, does not compile, or
 /// the trace differs from the accepted snapshot.
@@ -345,6 +743,17 @@ macro_rules! assert_trace_snapshot {
     };
     (@option $request:ident, name, $value:expr) => {
         $request.name = ::std::option::Option::Some(::std::string::ToString::to_string(&$value));
+    };
+    (@option $request:ident, problem, $value:expr) => {
+        $request.problem = ::std::option::Option::Some(::std::string::ToString::to_string(&$value));
+    };
+    (@option $request:ident, seed, $value:expr) => {
+        $request.seed = ($value) as u64;
+    };
+    (@option $request:ident, overflow_at, $value:expr) => {
+        $request.overflow_at = ::std::iter::IntoIterator::into_iter($value)
+            .map(|step| step as u64)
+            .collect();
     };
     ($path:expr $(, $key:ident = $value:expr)* $(,)?) => {{
         #[allow(unused_mut)]

@@ -1,4 +1,5 @@
-//! `regimen`: check, trace, plot and format `*.regimen` schedule scripts.
+//! `regimen`: check, trace, plot and format `*.regimen` scripts, and run them on
+//! built-in synthetic problems to see what the training-step runtime does.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -6,25 +7,32 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use regimen::{output, plot, Compiled, Report, SourceFile, TraceOptions};
+use regimen::{
+    output, plot, BackendChoice, Compiled, ProblemKind, ProblemOptions, Report, SourceFile, Trace,
+    TraceOptions,
+};
 
 const EXAMPLES: &str = "\
 Examples:
   regimen check examples/*.regimen
   regimen trace examples/warmup_cosine.regimen
   regimen trace examples/step_decay.regimen --steps 100 --every 10 --format csv
+  regimen trace examples/mixed_precision_f16.regimen --problem quadratic --steps 300 --every 10
+  regimen bind examples/lamb_bert.regimen --problem logistic
   regimen plot examples/onecycle.regimen -o onecycle.svg
   regimen fmt --check examples/*.regimen
 
 Exit status: 0 on success, 1 when a script has errors or a command fails,
 2 on a command-line usage error.";
 
-/// Check, trace, plot and format Regimen schedule scripts.
+/// Check, trace, plot and format Regimen scripts.
 ///
-/// A `*.regimen` script describes how training hyperparameters (learning rate,
-/// momentum, weight decay, …) evolve step by step. `regimen` validates scripts with
-/// precise diagnostics, evaluates every scalar they define, draws them, and keeps
-/// them in canonical form.
+/// A `*.regimen` script describes how training is steered step by step: how
+/// hyperparameters (learning rate, momentum, weight decay, …) evolve, the optimizer,
+/// parameter groups, layer-wise rates, precision and loss scaling. `regimen`
+/// validates scripts with precise diagnostics, evaluates every scalar they define,
+/// runs them on built-in synthetic problems (`--problem`), draws them, and keeps them
+/// in canonical form.
 #[derive(Debug, Parser)]
 #[command(name = "regimen", version, after_help = EXAMPLES)]
 struct Cli {
@@ -42,26 +50,49 @@ enum Command {
     #[command(after_help = "Examples:\n  regimen check examples/*.regimen\n  \
                             regimen check train.regimen --steps-per-epoch 390")]
     Check(CheckArgs),
-    /// Evaluate every scalar of a script, step by step.
+    /// Evaluate every scalar of a script, step by step, or run its whole strategy on a
+    /// built-in problem.
     ///
     /// Prints one record per step (steps counted from 0): the step and the value of
     /// every hyperparameter the script assigns, in declaration order.
+    ///
+    /// With `--problem`, the script's optimizer, groups, layer decay, precision and
+    /// clipping train a built-in synthetic model, and each record is what the runtime
+    /// did in that step: the hyperparameters, the effective lr of each layer-decayed
+    /// bin, `loss_scale`, `skipped` (1 when non-finite gradients skipped the step),
+    /// `grad_norm` and `clipped_grad_norm` (unscaled), `update_norm`, `trust_min`/
+    /// `trust_mean`/`trust_max` (LARS, LAMB) and the model's `loss`.
     #[command(
         after_help = "Examples:\n  regimen trace examples/warmup_cosine.regimen\n  \
                             regimen trace examples/step_decay.regimen --steps 100 --every 10\n  \
-                            regimen trace examples/multistep.regimen --format json > lr.json"
+                            regimen trace examples/multistep.regimen --format json > lr.json\n  \
+                            regimen trace examples/mlp_adamw.regimen --problem logistic --every 10\n  \
+                            regimen trace examples/mixed_precision_f16.regimen --problem quadratic --steps 300 --overflow-at 150"
     )]
     Trace(TraceArgs),
     /// Draw every scalar of a script over the steps, as SVG or PNG.
     ///
     /// One panel per scalar, stacked vertically, each with its own y axis, so that
     /// scalars of very different magnitudes stay readable. The format follows the
-    /// output file's extension.
+    /// output file's extension. With `--problem`, draws the runtime trace (see
+    /// `regimen trace --help`).
     #[command(
         after_help = "Examples:\n  regimen plot examples/onecycle.regimen -o onecycle.svg\n  \
-                            regimen plot examples/step_decay.regimen --steps 100 -o step.png"
+                            regimen plot examples/step_decay.regimen --steps 100 -o step.png\n  \
+                            regimen plot examples/mixed_precision_f16.regimen --problem quadratic --steps 500 -o f16.svg"
     )]
     Plot(PlotArgs),
+    /// Bind a script to a built-in problem's parameters and show which rule applies to
+    /// each tensor.
+    ///
+    /// One row per parameter: the groups that match it, where its learning rate comes
+    /// from, its layer-wise lr factor and depth, and whether trust ratios apply;
+    /// then the binding's warnings (a glob that matches no parameter, …).
+    #[command(
+        after_help = "Examples:\n  regimen bind examples/lamb_bert.regimen --problem logistic\n  \
+                            regimen bind examples/lars_large_batch.regimen --problem quadratic"
+    )]
+    Bind(BindArgs),
     /// Rewrite scripts in canonical form (comments are kept).
     ///
     /// With `--check`, nothing is written: the files that are not in canonical form
@@ -106,9 +137,60 @@ struct TraceArgs {
     every: u64,
     #[command(flatten)]
     options: ScriptOptions,
+    #[command(flatten)]
+    run: ProblemArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+/// Running a script on a built-in problem.
+#[derive(Debug, Args)]
+struct ProblemArgs {
+    /// Run the script's whole strategy on a built-in synthetic problem and trace the
+    /// runtime: `quadratic` (a noisy ill-conditioned quadratic over 5 network-shaped
+    /// tensors) or `logistic` (a tiny tanh network on 2-class data, minibatches of 32).
+    #[arg(long, value_name = "NAME", value_parser = problem_kind)]
+    problem: Option<ProblemKind>,
+    /// Seed of the problem's data, initial parameters, gradient noise and minibatch
+    /// order.
+    #[arg(long, value_name = "S", default_value_t = 0, requires = "problem")]
+    seed: u64,
+    /// Tensor backend: `ndarray` (CPU, always built) or `arrayfire` (needs a build with
+    /// the `arrayfire` feature).
+    #[arg(long, value_name = "NAME", default_value = "ndarray", value_parser = backend_choice, requires = "problem")]
+    backend: BackendChoice,
+    /// Inject a gradient overflow (+inf) at these steps, e.g. `--overflow-at 10,11,50`.
+    #[arg(
+        long,
+        value_name = "STEPS",
+        value_delimiter = ',',
+        requires = "problem"
+    )]
+    overflow_at: Vec<u64>,
+}
+
+impl ProblemArgs {
+    fn options(&self) -> Option<ProblemOptions> {
+        self.problem.map(|kind| {
+            ProblemOptions::new(kind)
+                .with_seed(self.seed)
+                .with_overflow_at(self.overflow_at.iter().copied())
+                .with_backend(self.backend)
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct BindArgs {
+    /// The script to bind.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The built-in problem whose parameters to bind: `quadratic` or `logistic`.
+    #[arg(long, value_name = "NAME", value_parser = problem_kind)]
+    problem: ProblemKind,
+    #[command(flatten)]
+    options: ScriptOptions,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -139,6 +221,8 @@ struct PlotArgs {
     title: Option<String>,
     #[command(flatten)]
     options: ScriptOptions,
+    #[command(flatten)]
+    run: ProblemArgs,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +244,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Trace(args) => trace(&args),
         Command::Plot(args) => plot_command(&args),
+        Command::Bind(args) => bind(&args),
         Command::Fmt(args) => fmt(&args),
     };
     match result {
@@ -188,6 +273,16 @@ fn positive_number(text: &str) -> Result<f64, String> {
         Ok(_) => Err("must be a positive number".to_string()),
         Err(_) => Err(format!("`{text}` is not a number")),
     }
+}
+
+fn problem_kind(text: &str) -> Result<ProblemKind, String> {
+    ProblemKind::from_name(text).map_err(|error| error.to_string())
+}
+
+fn backend_choice(text: &str) -> Result<BackendChoice, String> {
+    BackendChoice::from_name(text).ok_or_else(|| {
+        format!("unknown backend `{text}`; the backends are `ndarray` and `arrayfire`")
+    })
 }
 
 fn trace_options(options: &ScriptOptions) -> TraceOptions {
@@ -322,7 +417,7 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
         every: args.every,
         ..options
     };
-    let trace = regimen::trace_compiled(&compiled, &file.name, &options)?;
+    let trace = run_trace(&compiled, &file, &options, &args.run)?;
     let text = match args.format {
         Format::Table => output::to_table(&trace),
         Format::Csv => trace.to_csv(),
@@ -361,16 +456,57 @@ fn plot_command(args: &PlotArgs) -> anyhow::Result<ExitCode> {
         every: steps.div_ceil(PLOT_MAX_POINTS).max(1),
         ..options
     };
-    let trace = regimen::trace_compiled(&compiled, &file.name, &options)?;
+    let trace = run_trace(&compiled, &file, &options, &args.run)?;
     let title = match &args.title {
         Some(title) => title.clone(),
-        None => args.file.file_name().map_or_else(
-            || file.name.clone(),
-            |name| name.to_string_lossy().into_owned(),
-        ),
+        None => {
+            let name = args.file.file_name().map_or_else(
+                || file.name.clone(),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            match args.run.problem {
+                Some(problem) => format!("{name} on the {problem} problem"),
+                None => name,
+            }
+        }
     };
     plot::plot_to_file(&trace, &title, &args.output)?;
     eprintln!("wrote {}", args.output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The schedules' trace, or the runtime trace on the problem `run` asks for.
+fn run_trace(
+    compiled: &Compiled,
+    file: &SourceFile,
+    options: &TraceOptions,
+    run: &ProblemArgs,
+) -> Result<Trace, regimen::Error> {
+    match run.options() {
+        None => regimen::trace_compiled(compiled, &file.name, options),
+        Some(problem) => regimen::trace_problem_compiled(compiled, &file.name, options, &problem),
+    }
+}
+
+fn bind(args: &BindArgs) -> anyhow::Result<ExitCode> {
+    let options = trace_options(&args.options);
+    let (_, compiled) = match load(&args.file, &options, "bind")? {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let model = regimen::ProblemModel::new(
+        regimen::Problem::new(args.problem, 0),
+        compiled.strategy.precision.dtype,
+    );
+    let stepper = regimen::Stepper::new(
+        regimen::NdArrayBackend::new(),
+        compiled.graph,
+        compiled.strategy,
+        &model.param_specs(),
+        &model.params(),
+    )
+    .map_err(regimen::Error::from)?;
+    print_stdout(&stepper.binding().describe())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,11 @@
-//! The facade's public API: script (file or string) → `Trace`, and its errors.
+//! The facade's public API: script (file or string) → `Trace`, a `Script` bound to
+//! parameters and stepped, runtime traces on built-in problems, and the typed errors.
 
-use regimen::{trace_file, trace_source, Error, TraceOptions, SNAPSHOT_SIGNIFICANT_DIGITS};
+use regimen::{
+    trace_file, trace_problem_source, trace_source, BackendChoice, BackendError, Error, HostTensor,
+    HostTensorMut, Metrics, ParamSpec, ProblemKind, ProblemOptions, RuntimeError, Script,
+    TraceOptions, SNAPSHOT_SIGNIFICANT_DIGITS,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -115,4 +120,99 @@ fn traces_serialize_as_records_and_round_stably() -> TestResult {
     // 0.1 * (1 + cos(pi / 90)) / 2 to 9 significant digits.
     assert_eq!(json[11]["lr"], 0.0999695414);
     Ok(())
+}
+
+// ------------------------------------------------------------ scripts driving a loop
+
+const SGD: &str = "lr = 0.1\noptimizer sgd(momentum: 0.9)\n";
+
+#[test]
+fn a_script_binds_and_steps_like_torch_sgd() -> TestResult {
+    let script = Script::from_source("sgd.regimen", SGD, &Default::default())?;
+    assert!(script.warnings().is_none());
+    let specs = [ParamSpec::new("w", &[2])];
+    let mut w = vec![1.0f32, -2.0];
+    let mut stepper = script.bind(&specs, &[HostTensor::F32(&w)])?;
+    let grad = [0.5f32, 0.25];
+    for _ in 0..2 {
+        stepper.step(
+            &mut [HostTensorMut::F32(&mut w)],
+            &[HostTensor::F32(&grad)],
+            &Metrics::default(),
+        )?;
+    }
+    // torch.optim.SGD(momentum=0.9), constant gradient g:
+    //   step 1: buf = g,              w = w0 − 0.1·g
+    //   step 2: buf = 0.9·g + g = 1.9g, w = w0 − 0.1·g − 0.19·g = w0 − 0.29·g
+    // w0 = 1:  1 − 0.29·0.5  = 0.855;  w0 = −2: −2 − 0.29·0.25 = −2.0725
+    assert!((w[0] - 0.855).abs() < 1e-6, "{w:?}");
+    assert!((w[1] + 2.0725).abs() < 1e-6, "{w:?}");
+    assert_eq!(stepper.updates(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_parameter_list_that_does_not_fit_is_a_typed_error() -> TestResult {
+    let script = Script::from_source("sgd.regimen", SGD, &Default::default())?;
+    let values = [0.0f32; 3];
+    match script.bind(&[ParamSpec::new("w", &[2])], &[HostTensor::F32(&values)]) {
+        Err(Error::Runtime(RuntimeError::TensorMismatch { name, .. })) => assert_eq!(name, "w"),
+        other => panic!("expected a tensor mismatch, got {:?}", other.err()),
+    }
+    Ok(())
+}
+
+#[test]
+fn the_binding_warns_about_a_group_that_matches_nothing() -> TestResult {
+    let text = "lr = 0.1\ngroup \"embed.*\" { lr *= 0.1 }\n";
+    let script = Script::from_source("groups.regimen", text, &Default::default())?;
+    let values = [0.0f32; 2];
+    let stepper = script.bind(&[ParamSpec::new("w", &[2])], &[HostTensor::F32(&values)])?;
+    let warnings = &stepper.binding().warnings;
+    assert!(
+        warnings.iter().any(|w| w.contains("embed.*")),
+        "{warnings:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_script_traces_like_the_free_functions() -> TestResult {
+    let script = Script::from_source("w", WARMUP_COSINE, &Default::default())?;
+    let options = TraceOptions::default().with_every(7);
+    assert_eq!(
+        script.trace(&options)?,
+        trace_source("w", WARMUP_COSINE, &options)?
+    );
+    let problem = ProblemOptions::new(ProblemKind::Quadratic).with_seed(4);
+    let options = TraceOptions::default().with_steps(20);
+    let mut sgd = WARMUP_COSINE.to_string();
+    sgd.push_str("optimizer sgd\n");
+    let script = Script::from_source("w", &sgd, &Default::default())?;
+    assert_eq!(
+        script.trace_problem(&options, &problem)?.to_csv(),
+        trace_problem_source("w", &sgd, &options, &problem)?.to_csv()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_arrayfire_backend_in_a_build_without_it_is_a_typed_error() {
+    let problem = ProblemOptions::new(ProblemKind::Logistic).with_backend(BackendChoice::ArrayFire);
+    match trace_problem_source("w", WARMUP_COSINE, &TraceOptions::default(), &problem) {
+        Err(Error::Backend(BackendError::Unavailable { backend, .. })) => {
+            assert_eq!(backend, "arrayfire")
+        }
+        other => panic!("expected Backend(Unavailable), got {other:?}"),
+    }
+}
+
+#[test]
+fn an_unknown_problem_in_a_snapshot_request_is_a_typed_error() {
+    let mut request = regimen::SnapshotRequest::new("examples/mlp_adamw.regimen");
+    request.problem = Some("rosenbrock".to_string());
+    match request.render(env!("CARGO_MANIFEST_DIR")) {
+        Err(Error::Problem(error)) => assert!(error.to_string().contains("rosenbrock")),
+        other => panic!("expected Problem, got {other:?}"),
+    }
 }

@@ -299,6 +299,288 @@ fn trace_rejects_bad_flags() -> TestResult {
     Ok(())
 }
 
+// ---------------------------------------------------------------- trace --problem
+
+/// The CSV of `regimen ARGS` split into a header and rows of cells.
+fn csv_rows(output: &Output) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = stdout(output);
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let rows = lines
+        .map(|line| line.split(',').map(str::to_string).collect())
+        .collect();
+    (header, rows)
+}
+
+fn cell<'a>(header: &[String], row: &'a [String], name: &str) -> &'a str {
+    let index = header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no `{name}` in {header:?}"));
+    &row[index]
+}
+
+#[test]
+fn trace_problem_prints_what_the_runtime_did() -> TestResult {
+    let output = regimen(&[
+        "trace",
+        "examples/mixed_precision_f16.regimen",
+        "--problem",
+        "quadratic",
+        "--steps",
+        "8",
+        "--format",
+        "csv",
+    ])?;
+    assert!(output.status.success(), "stderr:\n{}", stderr(&output));
+    let (header, rows) = csv_rows(&output);
+    for column in [
+        "step",
+        "lr",
+        "loss_scale",
+        "skipped",
+        "grad_norm",
+        "clipped_grad_norm",
+        "update_norm",
+        "loss",
+    ] {
+        assert!(
+            header.iter().any(|h| h == column),
+            "no {column} in {header:?}"
+        );
+    }
+    assert_eq!(rows.len(), 8);
+    // f16 with an initial scale of 2^16: the first step's gradients overflow.
+    assert_eq!(cell(&header, &rows[0], "loss_scale"), "65536");
+    assert_eq!(cell(&header, &rows[0], "skipped"), "1");
+    assert_eq!(cell(&header, &rows[7], "skipped"), "0");
+    Ok(())
+}
+
+#[test]
+fn trace_problem_takes_a_seed_injected_overflows_and_every() -> TestResult {
+    fn args(seed: &str) -> Vec<&str> {
+        vec![
+            "trace",
+            "examples/mlp_adamw.regimen",
+            "--problem",
+            "logistic",
+            "--seed",
+            seed,
+            "--overflow-at",
+            "3,4",
+            "--every",
+            "2",
+            "--steps",
+            "9",
+            "--format",
+            "csv",
+        ]
+    }
+    let first = regimen(&args("1"))?;
+    assert!(first.status.success(), "stderr:\n{}", stderr(&first));
+    let again = regimen(&args("1"))?;
+    let other = regimen(&args("2"))?;
+    assert_eq!(stdout(&first), stdout(&again), "not deterministic");
+    assert_ne!(stdout(&first), stdout(&other), "the seed changed nothing");
+    let (header, rows) = csv_rows(&first);
+    let steps: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(steps, ["0", "2", "4", "6", "8"]);
+    // Step 4 is an injected overflow: skipped, no update.
+    assert_eq!(cell(&header, &rows[2], "skipped"), "1");
+    assert_eq!(cell(&header, &rows[2], "update_norm"), "0");
+    assert_eq!(cell(&header, &rows[3], "skipped"), "0");
+    Ok(())
+}
+
+#[test]
+fn trace_problem_json_and_table_work_too() -> TestResult {
+    let output = regimen(&[
+        "trace",
+        "examples/lamb_bert.regimen",
+        "--problem",
+        "logistic",
+        "--steps",
+        "3",
+        "--format",
+        "json",
+    ])?;
+    assert!(output.status.success(), "stderr:\n{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let records = json.as_array().ok_or("not an array")?;
+    assert_eq!(records.len(), 3);
+    assert!(records[1]["trust_mean"].is_f64(), "{}", records[1]);
+    assert!(records[1]["lr×0.8^1"].is_f64(), "{}", records[1]);
+
+    let output = regimen(&[
+        "trace",
+        "examples/lamb_bert.regimen",
+        "--problem",
+        "logistic",
+        "--steps",
+        "3",
+    ])?;
+    assert!(output.status.success(), "stderr:\n{}", stderr(&output));
+    let table = stdout(&output);
+    assert!(table.starts_with("step "), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+    Ok(())
+}
+
+#[test]
+fn asking_for_arrayfire_without_it_is_a_clear_error() -> TestResult {
+    let output = regimen(&[
+        "trace",
+        "examples/mlp_adamw.regimen",
+        "--problem",
+        "quadratic",
+        "--backend",
+        "arrayfire",
+    ])?;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let err = stderr(&output);
+    assert!(
+        err.starts_with("error: the arrayfire backend is unavailable"),
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("--features arrayfire"), "stderr:\n{err}");
+    assert!(!err.contains("panicked"), "stderr:\n{err}");
+    Ok(())
+}
+
+#[test]
+fn unknown_problems_and_backends_are_usage_errors() -> TestResult {
+    let output = regimen(&[
+        "trace",
+        "examples/mlp_adamw.regimen",
+        "--problem",
+        "rosenbrock",
+    ])?;
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains("unknown problem `rosenbrock`"),
+        "stderr:\n{err}"
+    );
+    assert!(
+        err.contains("`quadratic`") && err.contains("`logistic`"),
+        "stderr:\n{err}"
+    );
+
+    let output = regimen(&[
+        "trace",
+        "examples/mlp_adamw.regimen",
+        "--problem",
+        "quadratic",
+        "--backend",
+        "tpu",
+    ])?;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("unknown backend `tpu`"),
+        "{}",
+        stderr(&output)
+    );
+
+    // The problem options mean nothing without a problem.
+    for flag in [
+        &["--seed", "3"][..],
+        &["--backend", "ndarray"],
+        &["--overflow-at", "1"],
+    ] {
+        let mut args = vec!["trace", "examples/mlp_adamw.regimen"];
+        args.extend_from_slice(flag);
+        let output = regimen(&args)?;
+        assert_eq!(output.status.code(), Some(2), "{flag:?}");
+        assert!(stderr(&output).contains("--problem"), "{}", stderr(&output));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_runtime_error_ends_the_trace_with_a_message() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Overflows at steps 0 and 1: the scale halves from 2 to its minimum 1, then an
+    // overflow at the minimum stops the run (`at_min: error` is the default).
+    let path = script(
+        &dir,
+        "min.regimen",
+        "horizon 10 steps\nlr = 0.01\noptimizer adam\nprecision f16 { loss_scale dynamic(init: 2, min_scale: 1) }\n",
+    )?;
+    let output = regimen(&[
+        "trace",
+        path_str(&path)?,
+        "--problem",
+        "quadratic",
+        "--overflow-at",
+        "0,1",
+    ])?;
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.starts_with(
+            "error: at step 1, gradients overflowed with the loss scale already at its minimum"
+        ),
+        "stderr:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "stderr:\n{err}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- bind
+
+#[test]
+fn bind_shows_the_rules_of_every_parameter() -> TestResult {
+    let output = regimen(&[
+        "bind",
+        "examples/lars_large_batch.regimen",
+        "--problem",
+        "quadratic",
+    ])?;
+    assert!(output.status.success(), "stderr:\n{}", stderr(&output));
+    let out = stdout(&output);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("param"), "{out}");
+    for (name, trust) in [
+        ("layers.0.weight", "on"),
+        ("layers.0.bias", "off"),
+        ("layers.1.weight", "on"),
+        ("layers.1.bias", "off"),
+        ("norm.weight", "off"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| format!("no {name} in:\n{out}"))?;
+        assert!(line.trim_end().ends_with(trust), "{line}");
+    }
+
+    let output = regimen(&["bind", "examples/lamb_bert.regimen"])?;
+    assert_eq!(output.status.code(), Some(2), "bind needs --problem");
+    Ok(())
+}
+
+#[test]
+fn bind_warns_about_a_glob_that_matches_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = script(
+        &dir,
+        "embed.regimen",
+        "lr = 0.1\ngroup \"embed.*\" { lr *= 0.1 }\n",
+    )?;
+    let output = regimen(&["bind", path_str(&path)?, "--problem", "logistic"])?;
+    assert!(output.status.success(), "stderr:\n{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out.contains("embed.*"), "{out}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------- plot
 
 /// The contents of every `<text>` element of an SVG document.
@@ -350,6 +632,31 @@ fn plot_writes_a_png() -> TestResult {
         "suspiciously small PNG: {} bytes",
         png.len()
     );
+    Ok(())
+}
+
+#[test]
+fn plot_with_a_problem_draws_the_runtime_trace() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("f16.svg");
+    let output = regimen(&[
+        "plot",
+        "examples/mixed_precision_f16.regimen",
+        "--problem",
+        "quadratic",
+        "--steps",
+        "100",
+        "-o",
+        path_str(&out)?,
+    ])?;
+    assert!(output.status.success(), "stderr:\n{}", stderr(&output));
+    let texts = svg_texts(&std::fs::read_to_string(&out)?);
+    for label in ["lr", "loss_scale", "skipped", "grad_norm", "loss"] {
+        assert!(
+            texts.iter().any(|t| t == label),
+            "no `{label}` in {texts:?}"
+        );
+    }
     Ok(())
 }
 
@@ -460,7 +767,15 @@ fn help_documents_every_command_and_flag() -> TestResult {
     let output = regimen(&["--help"])?;
     assert!(output.status.success());
     let help = stdout(&output);
-    for word in ["check", "trace", "plot", "fmt", "Examples:"] {
+    for word in [
+        "check",
+        "trace",
+        "plot",
+        "bind",
+        "fmt",
+        "--problem",
+        "Examples:",
+    ] {
         assert!(help.contains(word), "`{word}` missing from --help:\n{help}");
     }
     for (command, flags) in [
@@ -475,9 +790,27 @@ fn help_documents_every_command_and_flag() -> TestResult {
                 "--batch-size",
                 "json",
                 "yaml",
+                "--problem",
+                "quadratic",
+                "logistic",
+                "--seed",
+                "--backend",
+                "arrayfire",
+                "--overflow-at",
             ],
         ),
-        ("plot", &["--output", "--steps", "--title", ".svg", ".png"]),
+        (
+            "plot",
+            &[
+                "--output",
+                "--steps",
+                "--title",
+                ".svg",
+                ".png",
+                "--problem",
+            ],
+        ),
+        ("bind", &["--problem", "quadratic", "logistic"]),
         ("fmt", &["--check"]),
     ] {
         let output = regimen(&[command, "--help"])?;

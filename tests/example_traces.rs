@@ -29,6 +29,27 @@ fn inverse_time_decay() {
 }
 
 #[test]
+fn lamb_bert() {
+    assert_trace_snapshot!("examples/lamb_bert.regimen", every = 50);
+}
+
+#[test]
+fn lars_large_batch() {
+    // 90 epochs of 156 steps: one record per epoch.
+    assert_trace_snapshot!("examples/lars_large_batch.regimen", every = 156);
+}
+
+#[test]
+fn mixed_precision_f16() {
+    assert_trace_snapshot!("examples/mixed_precision_f16.regimen", every = 100);
+}
+
+#[test]
+fn mlp_adamw() {
+    assert_trace_snapshot!("examples/mlp_adamw.regimen", every = 10);
+}
+
+#[test]
 fn multistep() {
     // 90 epochs of 20 steps: every 10th step still shows each drop.
     assert_trace_snapshot!("examples/multistep.regimen", every = 10);

@@ -14,7 +14,9 @@ pub mod schedule;
 pub mod strategy;
 pub mod trace;
 
-pub use backend::{Backend, BackendChoice, BackendError, HostTensor, HostTensorMut, NdArrayBackend};
+pub use backend::{
+    Backend, BackendChoice, BackendError, HostTensor, HostTensorMut, NdArrayBackend,
+};
 pub use graph::{BinaryOp, Evaluator, GraphError, Node, NodeId, ScalarGraph, ScalarOutput};
 pub use runtime::{Binding, Metrics, ParamSpec, RuntimeError, StepReport, Stepper};
 pub use schedule::{Anneal, CyclicMode, DecayShape, Schedule, WarmupShape};

@@ -52,7 +52,8 @@ impl OptimizerKind {
     }
 
     /// Every optimizer, in documentation order.
-    pub const ALL: [OptimizerKind; 5] = [Self::Sgd, Self::Adam, Self::AdamW, Self::Lamb, Self::Lars];
+    pub const ALL: [OptimizerKind; 5] =
+        [Self::Sgd, Self::Adam, Self::AdamW, Self::Lamb, Self::Lars];
 
     /// The hyperparameters this optimizer reads.
     pub fn hypers(self) -> &'static [Hyper] {

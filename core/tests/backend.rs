@@ -258,8 +258,8 @@ fn adam_step(t: i32, weight_decay: f32, decoupled: bool) -> AdamStep {
         eps: 1e-8,
         weight_decay,
         decoupled,
-        bias_correction1: 1.0 - f64::from(BETA1).powi(t),
-        bias_correction2: 1.0 - f64::from(BETA2).powi(t),
+        bias_correction1: 1.0 - BETA1.powi(t),
+        bias_correction2: 1.0 - BETA2.powi(t),
     }
 }
 
@@ -469,8 +469,8 @@ fn lamb_direction_and_norms_two_steps() {
         beta2: BETA2,
         eps: 1e-6,
         weight_decay: 0.01,
-        bias_correction1: 1.0 - f64::from(BETA1).powi(t),
-        bias_correction2: 1.0 - f64::from(BETA2).powi(t),
+        bias_correction1: 1.0 - BETA1.powi(t),
+        bias_correction2: 1.0 - BETA2.powi(t),
     };
     // t = 1, g = [0.5, −0.25]: m = 0.125·g = [0.0625, −0.03125],
     //   v = 2⁻¹⁰·g² = [2.44140625e-4, 6.103515625e-5]; m/bc1 = g, sqrt(v/bc2) = |g|:

@@ -348,15 +348,20 @@ pub fn trace_problem_compiled(
             options.every,
             problem,
         ),
+        #[cfg(feature = "arrayfire")]
+        BackendChoice::ArrayFire => run_problem(
+            regimen_core::backend::ArrayFireBackend::new()?,
+            compiled,
+            steps,
+            options.every,
+            problem,
+        ),
+        #[cfg(not(feature = "arrayfire"))]
         BackendChoice::ArrayFire => {
             problem.backend.ensure_built()?;
-            // The backend exists in `regimen-core`, but this facade is built without
-            // a way to name it; a program can still use it through `Script::bind_with`.
             Err(Error::Backend(BackendError::Unavailable {
                 backend: "arrayfire",
-                reason: "the `regimen` facade runs built-in problems on the ndarray backend \
-                         only; bind the script with `Script::bind_with` to use ArrayFire"
-                    .to_string(),
+                reason: "this build has no ArrayFire backend".to_string(),
             }))
         }
     }

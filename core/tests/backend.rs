@@ -5,6 +5,11 @@
 //!
 //! Expected values are exact decimal arithmetic of the published formulas, written
 //! out in comments; the kernels compute in f32, hence the 1e-6 relative tolerance.
+//!
+//! The update kernels also return `Σ (p_new − p_old)²`. That sum is checked two ways:
+//! bit for bit against its definition computed from the weights before and after
+//! (each change the f32 difference, squared and summed in f64), and against the
+//! exact decimal changes of the hand-worked steps, with [`CHANGE_TOLERANCE`].
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +23,13 @@ use regimen_core::{HostTensor, HostTensorMut};
 
 /// Relative tolerance of f32 kernels against exact arithmetic.
 const F32_TOLERANCE: f64 = 1e-6;
+
+/// Relative tolerance of a returned `Σ (p_new − p_old)²` against exact arithmetic:
+/// each change is the difference of two f32 weights of magnitude ≤ 2 (each off by up
+/// to half an ulp, 2⁻²³ absolute, plus the kernel's own rounding), and the changes in
+/// these tests are ≥ 0.06 in magnitude, so each change is within about 5e-6 relative
+/// and its square within about 1e-5.
+const CHANGE_TOLERANCE: f64 = 1e-5;
 
 /// Elements of the "large" tensors: over 1Mi and not a multiple of any chunk size,
 /// so the parallel path runs with a ragged last chunk.
@@ -57,6 +69,27 @@ fn same_bits(a: &Array1<f32>, b: &Array1<f32>) {
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         assert_eq!(x.to_bits(), y.to_bits(), "element {i}: {x:e} != {y:e}");
     }
+}
+
+/// `Σ (after − before)²` by definition, for fewer than 8 elements: each change is the
+/// f32 difference, squared in f64 and added from the first element to the last — the
+/// kernels' order, since a tensor that short has all its elements in one accumulator
+/// of one reduction chunk.
+fn change_sum_squares(before: &Array1<f32>, after: &Array1<f32>) -> f64 {
+    assert!(
+        before.len() < 8,
+        "the element-order sum is the kernels' only below 8"
+    );
+    before.iter().zip(after).fold(0.0, |sum, (&b, &a)| {
+        let change = f64::from(a - b);
+        sum + change * change
+    })
+}
+
+/// `Σ (after − before)²` of a tensor of any length, in the backend's reduction order:
+/// the f32 differences, then the serial `sum_squares` (fixed chunks and lanes).
+fn chunked_change_sum_squares(before: &Array1<f32>, after: &Array1<f32>) -> f64 {
+    serial().sum_squares(&(after - before)).unwrap()
 }
 
 fn backend() -> NdArrayBackend {
@@ -144,10 +177,15 @@ fn sgd_nesterov_with_dampening_and_weight_decay_two_steps() {
     //   buf = d (first step)                          = [0.51, 0.23]
     //   dir = d + 0.9·buf = [0.51 + 0.459, 0.23 + 0.207] = [0.969, 0.437]
     //   p   = p − 0.1·dir = [1 − 0.0969, −2 − 0.0437]    = [0.9031, −2.0437]
-    b.sgd_step(&mut p, &array![0.5, 0.25], Some(&mut buf), &step)
+    //   Σ Δp² = 0.0969² + 0.0437² = 0.00938961 + 0.00190969 = 0.0112993
+    let before = p.clone();
+    let change = b
+        .sgd_step(&mut p, &array![0.5, 0.25], Some(&mut buf), &step)
         .unwrap();
     close_all(&buf, &[0.51, 0.23]);
     close_all(&p, &[0.9031, -2.0437]);
+    assert_eq!(change, change_sum_squares(&before, &p));
+    close_f64(change, 0.011_299_3, CHANGE_TOLERANCE);
 
     // Step 2, g = [−1, 0.5]:
     //   d   = g + 0.01·p = [−1 + 0.009031, 0.5 − 0.020437] = [−0.990969, 0.479563]
@@ -157,11 +195,17 @@ fn sgd_nesterov_with_dampening_and_weight_decay_two_steps() {
     //       = [−0.990969 − 0.38958489, 0.479563 + 0.57474603] = [−1.38055389, 1.05430903]
     //   p   = p − 0.1·dir = [0.9031 + 0.138055389, −2.0437 − 0.105430903]
     //       = [1.041155389, −2.149130903]
+    //   Σ Δp² = 0.138055389² + 0.105430903² = 0.019059290431941321 + 0.011115675307395409
+    //         = 0.03017496573933673
     step.first_step = false;
-    b.sgd_step(&mut p, &array![-1.0, 0.5], Some(&mut buf), &step)
+    let before = p.clone();
+    let change = b
+        .sgd_step(&mut p, &array![-1.0, 0.5], Some(&mut buf), &step)
         .unwrap();
     close_all(&buf, &[-0.4328721, 0.6386067]);
     close_all(&p, &[1.041155389, -2.149130903]);
+    assert_eq!(change, change_sum_squares(&before, &p));
+    close_f64(change, 0.030_174_965_739_336_73, CHANGE_TOLERANCE);
 }
 
 /// Heavy-ball momentum without Nesterov, with LARS's `grad_scale` and dampening 0.5.
@@ -181,18 +225,29 @@ fn sgd_momentum_with_grad_scale_two_steps() {
     };
     // Step 1, g = [0.5, 0.25]: d = 0.5·g = [0.25, 0.125]; buf = d;
     //   p = p − 0.5·buf = [1 − 0.125, −2 − 0.0625] = [0.875, −2.0625]
-    b.sgd_step(&mut p, &array![0.5, 0.25], Some(&mut buf), &step)
+    //   Σ Δp² = 0.125² + 0.0625² = 0.015625 + 0.00390625 = 0.01953125 (all exact in
+    //   binary, so the f32 change is exact too)
+    let change = b
+        .sgd_step(&mut p, &array![0.5, 0.25], Some(&mut buf), &step)
         .unwrap();
     close_all(&buf, &[0.25, 0.125]);
     close_all(&p, &[0.875, -2.0625]);
+    assert_eq!(change, 0.019_531_25);
     // Step 2, g = [−1, 0.5]: d = [−0.5, 0.25];
     //   buf = 0.9·buf + 0.5·d = [0.225 − 0.25, 0.1125 + 0.125] = [−0.025, 0.2375]
     //   p = p − 0.5·buf = [0.875 + 0.0125, −2.0625 − 0.11875] = [0.8875, −2.18125]
+    //   Σ Δp² = 0.0125² + 0.11875² = 0.00015625 + 0.0141015625 = 0.0142578125
     step.first_step = false;
-    b.sgd_step(&mut p, &array![-1.0, 0.5], Some(&mut buf), &step)
+    let before = p.clone();
+    let change = b
+        .sgd_step(&mut p, &array![-1.0, 0.5], Some(&mut buf), &step)
         .unwrap();
     close_all(&buf, &[-0.025, 0.2375]);
     close_all(&p, &[0.8875, -2.18125]);
+    assert_eq!(change, change_sum_squares(&before, &p));
+    // 0.0125 is the smallest change here; at p ≈ 0.9 its f32 rounding is ~5e-6
+    // relative, but it carries only 1% of the sum.
+    close_f64(change, 0.014_257_812_5, CHANGE_TOLERANCE);
 }
 
 #[test]
@@ -210,8 +265,12 @@ fn sgd_without_momentum_ignores_the_buffer() {
     };
     // d = g + 0.5·p = [0.5 + 0.5, 0.25 − 1] = [1, −0.75];
     // p = p − 0.1·d = [0.9, −1.925]
-    b.sgd_step(&mut p, &array![0.5, 0.25], None, &step).unwrap();
+    // Σ Δp² = 0.1² + 0.075² = 0.01 + 0.005625 = 0.015625
+    let before = p.clone();
+    let change = b.sgd_step(&mut p, &array![0.5, 0.25], None, &step).unwrap();
     close_all(&p, &[0.9, -1.925]);
+    assert_eq!(change, change_sum_squares(&before, &p));
+    close_f64(change, 0.015_625, CHANGE_TOLERANCE);
 }
 
 #[test]
@@ -277,18 +336,23 @@ fn adam_two_steps() {
     //   step_size = 0.1/0.125 = 0.8;  sqrt(v)/sqrt(bc2) = |g|, so denom = |g| + 1e-8
     //   p = [1 − 0.8·0.025/0.20000001, −0.5 + 0.8·0.0125/0.10000001]
     //     = [0.90000000499999975, −0.40000000999999900]
-    b.adam_step(
-        &mut p,
-        &array![0.2, -0.1],
-        &mut m,
-        &mut v,
-        None,
-        &adam_step(1, 0.0, false),
-    )
-    .unwrap();
+    //   Σ Δp² = 0.09999999500000025² + 0.099999990000001² = 0.019999997000000375
+    let before = p.clone();
+    let change = b
+        .adam_step(
+            &mut p,
+            &array![0.2, -0.1],
+            &mut m,
+            &mut v,
+            None,
+            &adam_step(1, 0.0, false),
+        )
+        .unwrap();
     close_all(&m, &[0.025, -0.0125]);
     close_all(&v, &[3.906_25e-5, 9.765_625e-6]);
     close_all(&p, &[0.900_000_005, -0.400_000_01]);
+    assert_eq!(change, change_sum_squares(&before, &p));
+    close_f64(change, 0.019_999_997_000_000_375, CHANGE_TOLERANCE);
 
     // t = 2: m = 0.875·m + 0.125·g = [0.021875 + 0.0125, −0.0109375 + 0.0375]
     //          = [0.034375, 0.0265625]
@@ -300,18 +364,23 @@ fn adam_two_steps() {
     //   p = p − (0.1/0.234375)·m/denom
     //     = [0.9000000050 − 0.0927737364, −0.4000000100 − 0.0506743040]
     //     = [0.80722626863105577, −0.45067431403101653]
-    b.adam_step(
-        &mut p,
-        &array![0.1, 0.3],
-        &mut m,
-        &mut v,
-        None,
-        &adam_step(2, 0.0, false),
-    )
-    .unwrap();
+    //   Σ Δp² = 0.09277373636894398² + 0.05067430403101753² = 0.011174851248882318
+    let before = p.clone();
+    let change = b
+        .adam_step(
+            &mut p,
+            &array![0.1, 0.3],
+            &mut m,
+            &mut v,
+            None,
+            &adam_step(2, 0.0, false),
+        )
+        .unwrap();
     close_all(&m, &[0.034_375, 0.026_562_5]);
     close_all(&v, &[4.878_997_802_734_375e-5, 9.764_671_325_683_594e-5]);
     close_all(&p, &[0.807_226_268_631_055_8, -0.450_674_314_031_016_5]);
+    assert_eq!(change, change_sum_squares(&before, &p));
+    close_f64(change, 0.011_174_851_248_882_318, CHANGE_TOLERANCE);
 }
 
 /// Adam with L2 weight decay 0.1: the decay joins the gradient before the moments.
@@ -324,15 +393,20 @@ fn adam_l2_weight_decay_two_steps() {
     //   m = 0.125·g' = [0.0375, −0.01875]; v = 2⁻¹⁰·g'² = [8.7890625e-5, 2.197265625e-5]
     //   p = [1 − 0.8·0.0375/0.30000001, −0.5 + 0.8·0.01875/0.15000001]
     //     = [0.90000000333333322, −0.40000000666666622]
-    b.adam_step(
-        &mut p,
-        &array![0.2, -0.1],
-        &mut m,
-        &mut v,
-        None,
-        &adam_step(1, 0.1, false),
-    )
-    .unwrap();
+    //   Σ Δp² = 0.09999999666666678² + 0.09999999333333378² = 0.019999998000000168
+    let before = p.clone();
+    let change = b
+        .adam_step(
+            &mut p,
+            &array![0.2, -0.1],
+            &mut m,
+            &mut v,
+            None,
+            &adam_step(1, 0.1, false),
+        )
+        .unwrap();
+    assert_eq!(change, change_sum_squares(&before, &p));
+    close_f64(change, 0.019_999_998_000_000_168, CHANGE_TOLERANCE);
     close_all(&m, &[0.0375, -0.01875]);
     close_all(&v, &[8.789_062_5e-5, 2.197_265_625e-5]);
     close_all(&p, &[0.900_000_003_333_333_2, -0.400_000_006_666_666_2]);
@@ -367,15 +441,21 @@ fn adamw_two_steps() {
     // t = 1: p·0.99 = [0.99, −0.495]; moments and Adam step as without decay:
     //   p = [0.99 − 0.0999999950, −0.495 + 0.0999999900]
     //     = [0.89000000499999975, −0.39500000999999900]
-    b.adam_step(
-        &mut p,
-        &array![0.2, -0.1],
-        &mut m,
-        &mut v,
-        None,
-        &adam_step(1, 0.1, true),
-    )
-    .unwrap();
+    //   The change counts the decay too (p_old is p before it):
+    //   Σ Δp² = 0.10999999500000025² + 0.104999990000001² = 0.02312499680000039
+    let before = p.clone();
+    let change = b
+        .adam_step(
+            &mut p,
+            &array![0.2, -0.1],
+            &mut m,
+            &mut v,
+            None,
+            &adam_step(1, 0.1, true),
+        )
+        .unwrap();
+    assert_eq!(change, change_sum_squares(&before, &p));
+    close_f64(change, 0.023_124_996_800_000_39, CHANGE_TOLERANCE);
     close_all(&m, &[0.025, -0.0125]);
     close_all(&v, &[3.906_25e-5, 9.765_625e-6]);
     close_all(&p, &[0.890_000_005, -0.395_000_01]);
@@ -420,31 +500,39 @@ fn amsgrad_two_steps_uses_the_running_maximum() {
     };
     // t = 1, g = 1: m = 0.1, v = 0.5·1 = 0.5, v_max = 0.5; bc1 = 0.1, bc2 = 0.5
     //   p = 1 − (0.1/0.1)·0.1/(sqrt(0.5)/sqrt(0.5) + 1e-8) = 1 − 0.1/1.00000001
-    //     = 0.90000000099999999
-    b.adam_step(
-        &mut p,
-        &array![1.0],
-        &mut m,
-        &mut v,
-        Some(&mut v_max),
-        &step(1),
-    )
-    .unwrap();
+    //     = 0.90000000099999999;  Σ Δp² = 0.099999999² = 0.009999999800000001
+    let before = p.clone();
+    let change = b
+        .adam_step(
+            &mut p,
+            &array![1.0],
+            &mut m,
+            &mut v,
+            Some(&mut v_max),
+            &step(1),
+        )
+        .unwrap();
     close_all(&v_max, &[0.5]);
     close_all(&p, &[0.900_000_001]);
+    assert_eq!(change, change_sum_squares(&before, &p));
+    close_f64(change, 0.009_999_999_800_000_001, CHANGE_TOLERANCE);
     // t = 2, g = 0.1: m = 0.09 + 0.01 = 0.1, v = 0.25 + 0.005 = 0.255 < v_max = 0.5;
     //   bc1 = 0.19, bc2 = 0.75
     //   p = 0.900000001 − (0.1/0.19)·0.1/(sqrt(0.5)/sqrt(0.75) + 1e-8)
-    //     = 0.83553974540044266
-    b.adam_step(
-        &mut p,
-        &array![0.1],
-        &mut m,
-        &mut v,
-        Some(&mut v_max),
-        &step(2),
-    )
-    .unwrap();
+    //     = 0.83553974540044266;  Σ Δp² = 0.06446025559955734² = 0.0041551245519602634
+    let before = p.clone();
+    let change = b
+        .adam_step(
+            &mut p,
+            &array![0.1],
+            &mut m,
+            &mut v,
+            Some(&mut v_max),
+            &step(2),
+        )
+        .unwrap();
+    assert_eq!(change, change_sum_squares(&before, &p));
+    close_f64(change, 0.004_155_124_551_960_263, CHANGE_TOLERANCE);
     close_all(&m, &[0.1]);
     close_all(&v, &[0.255]);
     close_all(&v_max, &[0.5]);
@@ -524,7 +612,8 @@ fn axpy_and_scale() {
     let b = backend();
     let mut p = array![1.0f32, -2.0, 0.5];
     // p + (−0.5)·[2, 4, −1] = [1 − 1, −2 − 2, 0.5 + 0.5] = [0, −4, 1]
-    b.axpy(&mut p, -0.5, &array![2.0, 4.0, -1.0]).unwrap();
+    // Σ Δp² = Σ (−0.5·x)² = 1 + 4 + 0.25 = 5.25 (exact)
+    assert_eq!(b.axpy(&mut p, -0.5, &array![2.0, 4.0, -1.0]).unwrap(), 5.25);
     assert_eq!(p, array![0.0f32, -4.0, 1.0]);
     // [0, −4, 1]·0.25 = [0, −1, 0.25]
     b.scale(&mut p, 0.25).unwrap();
@@ -837,7 +926,27 @@ impl State {
     }
 }
 
-/// Runs every kernel once and returns the scalars they produced (as bits).
+/// Runs the update kernel `update` on `p`, checks the `Σ (p_new − p_old)²` it returns
+/// against the definition (f32 differences, summed in the backend's reduction order)
+/// bit for bit, and records it.
+fn record_change(
+    scalars: &mut Vec<u64>,
+    p: &mut Array1<f32>,
+    update: impl FnOnce(&mut Array1<f32>) -> f64,
+) {
+    let before = p.clone();
+    let change = update(p);
+    assert_eq!(
+        change.to_bits(),
+        chunked_change_sum_squares(&before, p).to_bits(),
+        "returned {change:e}"
+    );
+    assert!(change > 0.0);
+    scalars.push(change.to_bits());
+}
+
+/// Runs every kernel once and returns the scalars they produced (as bits), the
+/// update kernels' change sums included.
 fn run_every_kernel(b: &NdArrayBackend, s: &mut State) -> Vec<u64> {
     let mut scalars = Vec::new();
     let half_grad: Vec<f16> = s.g.iter().map(|&x| f16::from_f32(x * 1024.0)).collect();
@@ -868,17 +977,16 @@ fn run_every_kernel(b: &NdArrayBackend, s: &mut State) -> Vec<u64> {
             first_step,
             grad_scale: 0.7,
         };
-        b.sgd_step(&mut s.p, &s.g, Some(&mut s.buf), &sgd).unwrap();
-        b.sgd_step(
-            &mut s.p,
-            &s.g,
-            None,
-            &SgdStep {
-                momentum: 0.0,
-                ..sgd
-            },
-        )
-        .unwrap();
+        record_change(&mut scalars, &mut s.p, |p| {
+            b.sgd_step(p, &s.g, Some(&mut s.buf), &sgd).unwrap()
+        });
+        let plain = SgdStep {
+            momentum: 0.0,
+            ..sgd
+        };
+        record_change(&mut scalars, &mut s.p, |p| {
+            b.sgd_step(p, &s.g, None, &plain).unwrap()
+        });
     }
     for (weight_decay, decoupled) in [(0.0, false), (0.01, false), (0.01, true)] {
         let adam = AdamStep {
@@ -886,17 +994,14 @@ fn run_every_kernel(b: &NdArrayBackend, s: &mut State) -> Vec<u64> {
             decoupled,
             ..adam_step(3, 0.0, false)
         };
-        b.adam_step(&mut s.p, &s.g, &mut s.m, &mut s.v, None, &adam)
-            .unwrap();
-        b.adam_step(
-            &mut s.p,
-            &s.g,
-            &mut s.m,
-            &mut s.v,
-            Some(&mut s.v_max),
-            &adam,
-        )
-        .unwrap();
+        record_change(&mut scalars, &mut s.p, |p| {
+            b.adam_step(p, &s.g, &mut s.m, &mut s.v, None, &adam)
+                .unwrap()
+        });
+        record_change(&mut scalars, &mut s.p, |p| {
+            b.adam_step(p, &s.g, &mut s.m, &mut s.v, Some(&mut s.v_max), &adam)
+                .unwrap()
+        });
     }
     let lamb = LambDirection {
         beta1: 0.9,
@@ -911,7 +1016,9 @@ fn run_every_kernel(b: &NdArrayBackend, s: &mut State) -> Vec<u64> {
         .unwrap();
     scalars.push(norms.param_sum_squares.to_bits());
     scalars.push(norms.update_sum_squares.to_bits());
-    b.axpy(&mut s.p, -1e-3, &s.update).unwrap();
+    record_change(&mut scalars, &mut s.p, |p| {
+        b.axpy(p, -1e-3, &s.update).unwrap()
+    });
     b.scale(&mut s.buf, 0.5).unwrap();
     scalars.push(b.sum_squares(&s.p).unwrap().to_bits());
     let mut halves = vec![f16::ZERO; s.p.len()];
@@ -948,6 +1055,20 @@ fn small_tensors_split_anyway_give_the_same_bits() {
     let whole_scalars = run_every_kernel(&serial(), &mut whole);
     assert_eq!(split_scalars, whole_scalars);
     for (a, b) in split.arrays().into_iter().zip(whole.arrays()) {
+        same_bits(a, b);
+    }
+}
+
+/// Every kernel, the update kernels' change sums included, on one and on two threads
+/// of the default (parallel above the threshold) backend.
+#[test]
+fn every_kernel_gives_the_same_bits_with_one_or_two_threads() {
+    let mut one_state = State::new(LARGE);
+    let mut two_state = one_state.clone();
+    let one = pool(1).install(|| run_every_kernel(&backend(), &mut one_state));
+    let two = pool(2).install(|| run_every_kernel(&backend(), &mut two_state));
+    assert_eq!(one, two);
+    for (a, b) in one_state.arrays().into_iter().zip(two_state.arrays()) {
         same_bits(a, b);
     }
 }

@@ -1,6 +1,8 @@
 //! The ArrayFire backend against the ndarray backend (itself checked against hand
 //! computations in `tests/backend.rs`): every kernel on the same pseudo-random data,
-//! elementwise results to 1e-6 relative, reductions to 1e-6 relative.
+//! elementwise results to 1e-6 relative, reductions to 1e-6 relative. The update
+//! kernels' returned `Σ (p_new − p_old)²` is checked against its definition computed
+//! on the host from the device's weights before and after.
 //!
 //! Built only with `--features arrayfire`; needs `libaf` (and a device) to link and
 //! run: `cargo test -p regimen-core --features arrayfire --test backend_arrayfire`.
@@ -76,6 +78,29 @@ fn close(device: f64, reference: f64) {
     assert!(
         (device - reference).abs() <= TOLERANCE * reference.abs(),
         "device {device:e} vs ndarray {reference:e}"
+    );
+}
+
+/// Checks an update kernel's returned `Σ (p_new − p_old)²` against the definition
+/// (each change the f32 difference, squared and summed in f64) over the weights
+/// downloaded before and after. Only the order of the additions differs: 1e-9
+/// relative with f64 accumulation; a device without doubles sums in f32, whose
+/// rounding over 10⁴ positive terms stays below 1e-4.
+#[track_caller]
+fn assert_change(b: &ArrayFireBackend, returned: f64, before: &[f32], after: &[f32]) {
+    let expected: f64 = before
+        .iter()
+        .zip(after)
+        .map(|(&old, &new)| {
+            let change = f64::from(new - old);
+            change * change
+        })
+        .sum();
+    let tolerance = if b.accumulates_in_f64() { 1e-9 } else { 1e-4 };
+    assert!(expected > 0.0);
+    assert!(
+        (returned - expected).abs() <= tolerance * expected,
+        "returned {returned:e}, by definition {expected:e}"
     );
 }
 
@@ -218,7 +243,9 @@ fn sum_squares_scale_and_axpy_like_ndarray() {
     b.scale(&mut pair.device[0], -0.75).unwrap();
     c.scale(&mut pair.host[0], -0.75).unwrap();
     let (x_device, x_host) = (pair.device[1].clone(), pair.host[1].clone());
-    b.axpy(&mut pair.device[0], 0.3, &x_device).unwrap();
+    let before = on_host(&b, &pair.device[0]);
+    let change = b.axpy(&mut pair.device[0], 0.3, &x_device).unwrap();
+    assert_change(&b, change, &before, &on_host(&b, &pair.device[0]));
     c.axpy(&mut pair.host[0], 0.3, &x_host).unwrap();
     pair.assert_close(&b);
 }
@@ -243,10 +270,12 @@ fn sgd_like_ndarray() {
             first_step,
             grad_scale: 0.7,
         };
+        let before = on_host(&b, &pair.device[0]);
         let [p, g, _, _, _, buf, _] = &mut pair.device[..] else {
             unreachable!()
         };
-        b.sgd_step(p, g, Some(buf), &step).unwrap();
+        let change = b.sgd_step(p, g, Some(buf), &step).unwrap();
+        assert_change(&b, change, &before, &on_host(&b, &pair.device[0]));
         let [p, g, _, _, _, buf, _] = &mut pair.host[..] else {
             unreachable!()
         };
@@ -280,11 +309,14 @@ fn adam_family_like_ndarray() {
             bias_correction1: 1.0 - 0.9f64.powi(t),
             bias_correction2: 1.0 - 0.999f64.powi(t),
         };
+        let before = on_host(&b, &pair.device[0]);
         let [p, g, m, v, v_max, _, _] = &mut pair.device[..] else {
             unreachable!()
         };
-        b.adam_step(p, g, m, v, amsgrad.then_some(v_max), &step)
+        let change = b
+            .adam_step(p, g, m, v, amsgrad.then_some(v_max), &step)
             .unwrap();
+        assert_change(&b, change, &before, &on_host(&b, &pair.device[0]));
         let [p, g, m, v, v_max, _, _] = &mut pair.host[..] else {
             unreachable!()
         };

@@ -20,7 +20,9 @@
 //! same as the ndarray backend's. Reductions accumulate in f64 on devices that
 //! support doubles, in f32 otherwise; their summation order is ArrayFire's, so they
 //! are deterministic per device and library version, not bit-equal to the CPU
-//! backend.
+//! backend. The update kernels' `Σ (p_new − p_old)²` is one such reduction over the
+//! f32 difference of the evaluated new weights and the old ones, which are still
+//! alive until the kernel replaces them.
 
 use std::any::Any;
 use std::fmt;
@@ -228,6 +230,13 @@ impl ArrayFireBackend {
         }
     }
 
+    /// Σ (new − old)² on the device: the f32 change, squared and summed as
+    /// [`ArrayFireBackend::device_sum_squares`] does (the difference is fused into the
+    /// reduction by the JIT).
+    fn device_change_sum_squares(&self, new: &Array<f32>, old: &Array<f32>) -> f64 {
+        self.device_sum_squares(&(new - old))
+    }
+
     /// Whether every element of `x` is finite.
     fn device_all_finite(&self, x: &Array<f32>) -> bool {
         let bad = arrayfire::or(&arrayfire::isnan(x), &arrayfire::isinf(x), false);
@@ -327,13 +336,19 @@ impl Backend for ArrayFireBackend {
         })
     }
 
-    fn axpy(&self, p: &mut Self::Tensor, alpha: f32, x: &Self::Tensor) -> Result<(), BackendError> {
+    fn axpy(
+        &self,
+        p: &mut Self::Tensor,
+        alpha: f32,
+        x: &Self::Tensor,
+    ) -> Result<f64, BackendError> {
         check_len("axpy", p.elements(), x.elements())?;
         self.run(|| {
             let updated = &*p + &(x * alpha);
             updated.eval();
+            let change = self.device_change_sum_squares(&updated, p);
             *p = updated;
-            Ok(())
+            Ok(change)
         })
     }
 
@@ -343,7 +358,7 @@ impl Backend for ArrayFireBackend {
         g: &Self::Tensor,
         momentum_buffer: Option<&mut Self::Tensor>,
         step: &SgdStep,
-    ) -> Result<(), BackendError> {
+    ) -> Result<f64, BackendError> {
         const KERNEL: &str = "sgd_step";
         check_len(KERNEL, p.elements(), g.elements())?;
         if let Some(buffer) = &momentum_buffer {
@@ -378,16 +393,19 @@ impl Backend for ArrayFireBackend {
                     };
                     let new_p = &*p - &(&direction * step.lr);
                     arrayfire::eval_multiple(vec![&new_p, &new_buffer]);
+                    let change = self.device_change_sum_squares(&new_p, p);
                     *p = new_p;
                     *buffer = new_buffer;
+                    Ok(change)
                 }
                 _ => {
                     let new_p = &*p - &(&d * step.lr);
                     new_p.eval();
+                    let change = self.device_change_sum_squares(&new_p, p);
                     *p = new_p;
+                    Ok(change)
                 }
             }
-            Ok(())
         })
     }
 
@@ -399,7 +417,7 @@ impl Backend for ArrayFireBackend {
         v: &mut Self::Tensor,
         v_max: Option<&mut Self::Tensor>,
         step: &AdamStep,
-    ) -> Result<(), BackendError> {
+    ) -> Result<f64, BackendError> {
         const KERNEL: &str = "adam_step";
         check_len(KERNEL, p.elements(), g.elements())?;
         check_len(KERNEL, p.elements(), m.elements())?;
@@ -435,10 +453,12 @@ impl Backend for ArrayFireBackend {
                 }
                 None => arrayfire::eval_multiple(vec![&new_p, &new_m, &new_v]),
             }
+            // Against `p` as it was before the decoupled decay.
+            let change = self.device_change_sum_squares(&new_p, p);
             *p = new_p;
             *m = new_m;
             *v = new_v;
-            Ok(())
+            Ok(change)
         })
     }
 

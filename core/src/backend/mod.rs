@@ -7,6 +7,13 @@
 //! Determinism: reductions are summed in a fixed order that does not depend on the
 //! number of threads, so the same inputs give the same bits on any machine of the
 //! same backend.
+//!
+//! The update kernels (`sgd_step`, `adam_step`, `axpy`) return the squared norm of
+//! the change they made, `Σ (p_new − p_old)²`: each element's change is the f32
+//! difference of the new and the old weight (the update itself is computed exactly
+//! as the formulas below say, unaffected by the measurement), squared and summed in
+//! f64 like every other reduction. The runtime's update norm is thus measured in the
+//! update's own pass, at no extra memory traffic.
 
 use half::{bf16, f16};
 use thiserror::Error;
@@ -165,6 +172,8 @@ pub struct GradStats {
 ///     d   = d + momentum·buf  if nesterov,  else buf
 /// p = p − lr·d
 /// ```
+///
+/// [`Backend::sgd_step`] returns `Σ (p_new − p_old)²` of this update.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdStep {
     /// Learning rate applied to the final direction.
@@ -192,6 +201,9 @@ pub struct SgdStep {
 /// v̂ = max(v_max, v) → v_max   if amsgrad (a v_max buffer is passed), else v
 /// p = p − (lr / bias_correction1) · m / (sqrt(v̂) / sqrt(bias_correction2) + eps)
 /// ```
+///
+/// `p_old` is `p` before the decoupled decay. [`Backend::adam_step`] returns
+/// `Σ (p_new − p_old)²` of the whole update.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
     /// Learning rate.
@@ -220,7 +232,8 @@ pub struct AdamStep {
 /// v = beta2·v + (1 − beta2)·g²
 /// update = (m / bias_correction1) / (sqrt(v / bias_correction2) + eps) + weight_decay·p
 /// ```
-/// The runtime then applies `p = p − lr·trust·update` with `axpy`.
+/// The runtime then applies `p = p − lr·trust·update` with `axpy`, which returns the
+/// squared norm of the change it made.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LambDirection {
     /// First-moment decay (f64 so that 1 − β is formed before rounding to f32, as
@@ -286,19 +299,25 @@ pub trait Backend: Send + Sync {
     /// `x = x · factor`.
     fn scale(&self, tensor: &mut Self::Tensor, factor: f32) -> Result<(), BackendError>;
 
-    /// `p = p + alpha · x`.
-    fn axpy(&self, p: &mut Self::Tensor, alpha: f32, x: &Self::Tensor) -> Result<(), BackendError>;
+    /// `p = p + alpha · x`; returns `Σ (p_new − p_old)²`, the squared norm of the
+    /// change as applied (in real arithmetic that is `Σ (alpha·x)²`; here each term
+    /// is the f32 difference, so it also accounts for the rounding of `p_new`),
+    /// accumulated in f64.
+    fn axpy(&self, p: &mut Self::Tensor, alpha: f32, x: &Self::Tensor)
+        -> Result<f64, BackendError>;
 
-    /// One SGD-family update; `momentum_buffer` is required when `step.momentum ≠ 0`.
+    /// One SGD-family update (see [`SgdStep`]); `momentum_buffer` is required when
+    /// `step.momentum ≠ 0`. Returns `Σ (p_new − p_old)²`, accumulated in f64.
     fn sgd_step(
         &self,
         p: &mut Self::Tensor,
         g: &Self::Tensor,
         momentum_buffer: Option<&mut Self::Tensor>,
         step: &SgdStep,
-    ) -> Result<(), BackendError>;
+    ) -> Result<f64, BackendError>;
 
-    /// One Adam/AdamW update; `v_max` is given exactly when AMSGrad is on.
+    /// One Adam/AdamW update (see [`AdamStep`]); `v_max` is given exactly when
+    /// AMSGrad is on. Returns `Σ (p_new − p_old)²`, accumulated in f64.
     fn adam_step(
         &self,
         p: &mut Self::Tensor,
@@ -307,7 +326,7 @@ pub trait Backend: Send + Sync {
         v: &mut Self::Tensor,
         v_max: Option<&mut Self::Tensor>,
         step: &AdamStep,
-    ) -> Result<(), BackendError>;
+    ) -> Result<f64, BackendError>;
 
     /// Update LAMB's moments and write its direction into `update`.
     fn lamb_direction(

@@ -11,6 +11,11 @@
 //!   is summed in f64 into a fixed set of lanes, and the chunk totals are added in
 //!   chunk order. The order of every addition is therefore fixed by the length alone:
 //!   the same inputs give the same bits with any number of threads.
+//! - The update kernels (`sgd_step`, `adam_step`, `axpy`) measure the change they
+//!   make while they make it: each element's `p_new − p_old` (in f32) goes into an
+//!   L1-sized block next to the update and is squared and summed (a reduction like
+//!   the others) before the block leaves the cache, so the update norm costs no
+//!   extra pass over memory.
 //! - f16/bf16 go through `half`'s slice conversions (SIMD where the CPU has it), a
 //!   cache-sized block at a time when a conversion is fused with other work.
 
@@ -88,64 +93,94 @@ impl NdArrayBackend {
         }
     }
 
-    /// `f` over matching pieces of three slices of the same length.
-    fn zip3(
+    /// The in-order sum of `partial` over matching reduction chunks of three slices
+    /// of the same length.
+    fn reduce_zip3(
         &self,
         a: &mut [f32],
         b: &[f32],
         c: &mut [f32],
-        f: impl Fn(&mut [f32], &[f32], &mut [f32]) + Sync,
-    ) {
+        partial: impl Fn(&mut [f32], &[f32], &mut [f32]) -> f64 + Sync,
+    ) -> f64 {
         if self.parallel(a.len()) {
-            a.par_chunks_mut(PARALLEL_CHUNK)
-                .zip(b.par_chunks(PARALLEL_CHUNK))
-                .zip(c.par_chunks_mut(PARALLEL_CHUNK))
-                .for_each(|((a, b), c)| f(a, b, c));
+            let partials: Vec<f64> = a
+                .par_chunks_mut(REDUCTION_CHUNK)
+                .zip(b.par_chunks(REDUCTION_CHUNK))
+                .zip(c.par_chunks_mut(REDUCTION_CHUNK))
+                .map(|((a, b), c)| partial(a, b, c))
+                .collect();
+            sum_in_order(partials)
         } else {
-            f(a, b, c);
+            sum_in_order(
+                a.chunks_mut(REDUCTION_CHUNK)
+                    .zip(b.chunks(REDUCTION_CHUNK))
+                    .zip(c.chunks_mut(REDUCTION_CHUNK))
+                    .map(|((a, b), c)| partial(a, b, c)),
+            )
         }
     }
 
-    /// `f` over matching pieces of four slices of the same length.
-    fn zip4(
+    /// The in-order sum of `partial` over matching reduction chunks of four slices
+    /// of the same length.
+    fn reduce_zip4(
         &self,
         a: &mut [f32],
         b: &[f32],
         c: &mut [f32],
         d: &mut [f32],
-        f: impl Fn(&mut [f32], &[f32], &mut [f32], &mut [f32]) + Sync,
-    ) {
+        partial: impl Fn(&mut [f32], &[f32], &mut [f32], &mut [f32]) -> f64 + Sync,
+    ) -> f64 {
         if self.parallel(a.len()) {
-            a.par_chunks_mut(PARALLEL_CHUNK)
-                .zip(b.par_chunks(PARALLEL_CHUNK))
-                .zip(c.par_chunks_mut(PARALLEL_CHUNK))
-                .zip(d.par_chunks_mut(PARALLEL_CHUNK))
-                .for_each(|(((a, b), c), d)| f(a, b, c, d));
+            let partials: Vec<f64> = a
+                .par_chunks_mut(REDUCTION_CHUNK)
+                .zip(b.par_chunks(REDUCTION_CHUNK))
+                .zip(c.par_chunks_mut(REDUCTION_CHUNK))
+                .zip(d.par_chunks_mut(REDUCTION_CHUNK))
+                .map(|(((a, b), c), d)| partial(a, b, c, d))
+                .collect();
+            sum_in_order(partials)
         } else {
-            f(a, b, c, d);
+            sum_in_order(
+                a.chunks_mut(REDUCTION_CHUNK)
+                    .zip(b.chunks(REDUCTION_CHUNK))
+                    .zip(c.chunks_mut(REDUCTION_CHUNK))
+                    .zip(d.chunks_mut(REDUCTION_CHUNK))
+                    .map(|(((a, b), c), d)| partial(a, b, c, d)),
+            )
         }
     }
 
-    /// `f` over matching pieces of five slices of the same length.
+    /// The in-order sum of `partial` over matching reduction chunks of five slices
+    /// of the same length.
     #[allow(clippy::too_many_arguments)]
-    fn zip5(
+    fn reduce_zip5(
         &self,
         a: &mut [f32],
         b: &[f32],
         c: &mut [f32],
         d: &mut [f32],
         e: &mut [f32],
-        f: impl Fn(&mut [f32], &[f32], &mut [f32], &mut [f32], &mut [f32]) + Sync,
-    ) {
+        partial: impl Fn(&mut [f32], &[f32], &mut [f32], &mut [f32], &mut [f32]) -> f64 + Sync,
+    ) -> f64 {
         if self.parallel(a.len()) {
-            a.par_chunks_mut(PARALLEL_CHUNK)
-                .zip(b.par_chunks(PARALLEL_CHUNK))
-                .zip(c.par_chunks_mut(PARALLEL_CHUNK))
-                .zip(d.par_chunks_mut(PARALLEL_CHUNK))
-                .zip(e.par_chunks_mut(PARALLEL_CHUNK))
-                .for_each(|((((a, b), c), d), e)| f(a, b, c, d, e));
+            let partials: Vec<f64> = a
+                .par_chunks_mut(REDUCTION_CHUNK)
+                .zip(b.par_chunks(REDUCTION_CHUNK))
+                .zip(c.par_chunks_mut(REDUCTION_CHUNK))
+                .zip(d.par_chunks_mut(REDUCTION_CHUNK))
+                .zip(e.par_chunks_mut(REDUCTION_CHUNK))
+                .map(|((((a, b), c), d), e)| partial(a, b, c, d, e))
+                .collect();
+            sum_in_order(partials)
         } else {
-            f(a, b, c, d, e);
+            sum_in_order(
+                a.chunks_mut(REDUCTION_CHUNK)
+                    .zip(b.chunks(REDUCTION_CHUNK))
+                    .zip(c.chunks_mut(REDUCTION_CHUNK))
+                    .zip(d.chunks_mut(REDUCTION_CHUNK))
+                    .zip(e.chunks_mut(REDUCTION_CHUNK))
+                    .map(|((((a, b), c), d), e)| partial(a, b, c, d, e)),
+            )
         }
     }
 
@@ -205,14 +240,20 @@ struct SquareSum {
 }
 
 impl SquareSum {
+    #[inline(always)]
     fn add(&mut self, values: &[f32]) {
+        // Accumulating into a local copy lets LLVM keep the lanes in vector registers
+        // (it otherwise stores them back on every group). Each lane is still its own
+        // chain of additions, so the bits are those of the scalar loop.
+        let mut lanes = self.lanes;
         let mut groups = values.chunks_exact(SUM_LANES);
         for group in &mut groups {
-            for (lane, &x) in self.lanes.iter_mut().zip(group) {
+            for (lane, &x) in lanes.iter_mut().zip(group) {
                 let x = f64::from(x);
                 *lane += x * x;
             }
         }
+        self.lanes = lanes;
         for &x in groups.remainder() {
             let x = f64::from(x);
             self.tail += x * x;
@@ -221,6 +262,42 @@ impl SquareSum {
 
     fn total(&self) -> f64 {
         sum_in_order(self.lanes) + self.tail
+    }
+}
+
+/// Σ (p_new − p_old)² of one reduction chunk of an update kernel. The kernel writes
+/// each element's change `p_new − p_old` (an f32 subtraction, the same rounding as
+/// measuring it afterwards) into [`ChangeSum::block`] as it updates a cache block,
+/// then hands the block to [`ChangeSum::add_block`] while it is still in L1. Blocks
+/// are [`CACHE_BLOCK`] long, so the sum has the bits of [`sum_squares_chunk`] over the
+/// changes of the whole chunk.
+struct ChangeSum {
+    block: [f32; CACHE_BLOCK],
+    sum: SquareSum,
+}
+
+impl ChangeSum {
+    fn new() -> Self {
+        Self {
+            block: [0.0; CACHE_BLOCK],
+            sum: SquareSum::default(),
+        }
+    }
+
+    /// Room for the changes of one cache block (`len` ≤ [`CACHE_BLOCK`]).
+    #[inline(always)]
+    fn block(&mut self, len: usize) -> &mut [f32] {
+        &mut self.block[..len]
+    }
+
+    /// Add the squares of the first `len` changes written into [`ChangeSum::block`].
+    #[inline(always)]
+    fn add_block(&mut self, len: usize) {
+        self.sum.add(&self.block[..len]);
+    }
+
+    fn total(&self) -> f64 {
+        self.sum.total()
     }
 }
 
@@ -291,32 +368,54 @@ impl SgdConstants {
     }
 }
 
-fn sgd_plain_chunk<const DECAY: bool>(p: &mut [f32], g: &[f32], c: &SgdConstants) {
-    for (p, &g) in p.iter_mut().zip(g) {
-        let d = c.direction::<DECAY>(*p, g);
-        *p -= c.lr * d;
+/// One reduction chunk of a momentum-free SGD step; returns Σ (p_new − p_old)².
+fn sgd_plain_chunk<const DECAY: bool>(p: &mut [f32], g: &[f32], c: &SgdConstants) -> f64 {
+    let mut change = ChangeSum::new();
+    for (p, g) in p.chunks_mut(CACHE_BLOCK).zip(g.chunks(CACHE_BLOCK)) {
+        let delta = change.block(p.len());
+        for ((p, &g), delta) in p.iter_mut().zip(g).zip(delta.iter_mut()) {
+            let old = *p;
+            let d = c.direction::<DECAY>(old, g);
+            *p -= c.lr * d;
+            *delta = *p - old;
+        }
+        change.add_block(p.len());
     }
+    change.total()
 }
 
+/// One reduction chunk of an SGD step with momentum; returns Σ (p_new − p_old)².
 fn sgd_momentum_chunk<const DECAY: bool, const FIRST: bool, const NESTEROV: bool>(
     p: &mut [f32],
     g: &[f32],
     buf: &mut [f32],
     c: &SgdConstants,
-) {
-    for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
-        let d = c.direction::<DECAY>(*p, g);
-        *b = if FIRST {
-            d
-        } else {
-            c.momentum * *b + c.one_minus_dampening * d
-        };
-        let step = if NESTEROV { d + c.momentum * *b } else { *b };
-        *p -= c.lr * step;
+) -> f64 {
+    let mut change = ChangeSum::new();
+    let blocks = p
+        .chunks_mut(CACHE_BLOCK)
+        .zip(g.chunks(CACHE_BLOCK))
+        .zip(buf.chunks_mut(CACHE_BLOCK));
+    for ((p, g), buf) in blocks {
+        let delta = change.block(p.len());
+        for (((p, &g), b), delta) in p.iter_mut().zip(g).zip(buf.iter_mut()).zip(delta) {
+            let old = *p;
+            let d = c.direction::<DECAY>(old, g);
+            *b = if FIRST {
+                d
+            } else {
+                c.momentum * *b + c.one_minus_dampening * d
+            };
+            let step = if NESTEROV { d + c.momentum * *b } else { *b };
+            *p -= c.lr * step;
+            *delta = *p - old;
+        }
+        change.add_block(p.len());
     }
+    change.total()
 }
 
-type SgdMomentumKernel = fn(&mut [f32], &[f32], &mut [f32], &SgdConstants);
+type SgdMomentumKernel = fn(&mut [f32], &[f32], &mut [f32], &SgdConstants) -> f64;
 
 fn sgd_momentum_kernel(decay: bool, first: bool, nesterov: bool) -> SgdMomentumKernel {
     match (decay, first, nesterov) {
@@ -394,19 +493,40 @@ impl AdamConstants {
     }
 }
 
+/// One reduction chunk of an Adam/AdamW step; returns Σ (p_new − p_old)².
 fn adam_chunk<const DECAY: u8>(
     p: &mut [f32],
     g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
     c: &AdamConstants,
-) {
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        c.moments::<DECAY>(p, g, m, v);
-        c.apply(p, *m, *v);
+) -> f64 {
+    let mut change = ChangeSum::new();
+    let blocks = p
+        .chunks_mut(CACHE_BLOCK)
+        .zip(g.chunks(CACHE_BLOCK))
+        .zip(m.chunks_mut(CACHE_BLOCK))
+        .zip(v.chunks_mut(CACHE_BLOCK));
+    for (((p, g), m), v) in blocks {
+        let delta = change.block(p.len());
+        for ((((p, &g), m), v), delta) in p
+            .iter_mut()
+            .zip(g)
+            .zip(m.iter_mut())
+            .zip(v.iter_mut())
+            .zip(delta)
+        {
+            let old = *p;
+            c.moments::<DECAY>(p, g, m, v);
+            c.apply(p, *m, *v);
+            *delta = *p - old;
+        }
+        change.add_block(p.len());
     }
+    change.total()
 }
 
+/// One reduction chunk of an AMSGrad step; returns Σ (p_new − p_old)².
 fn amsgrad_chunk<const DECAY: u8>(
     p: &mut [f32],
     g: &[f32],
@@ -414,23 +534,53 @@ fn amsgrad_chunk<const DECAY: u8>(
     v: &mut [f32],
     v_max: &mut [f32],
     c: &AdamConstants,
-) {
-    for ((((p, &g), m), v), v_max) in p
-        .iter_mut()
-        .zip(g)
-        .zip(m.iter_mut())
-        .zip(v.iter_mut())
-        .zip(v_max.iter_mut())
-    {
-        c.moments::<DECAY>(p, g, m, v);
-        // torch.maximum propagates a NaN from either side; f32::max would drop it.
-        *v_max = if *v > *v_max || v.is_nan() {
-            *v
-        } else {
-            *v_max
-        };
-        c.apply(p, *m, *v_max);
+) -> f64 {
+    let mut change = ChangeSum::new();
+    let blocks = p
+        .chunks_mut(CACHE_BLOCK)
+        .zip(g.chunks(CACHE_BLOCK))
+        .zip(m.chunks_mut(CACHE_BLOCK))
+        .zip(v.chunks_mut(CACHE_BLOCK))
+        .zip(v_max.chunks_mut(CACHE_BLOCK));
+    for ((((p, g), m), v), v_max) in blocks {
+        let delta = change.block(p.len());
+        for (((((p, &g), m), v), v_max), delta) in p
+            .iter_mut()
+            .zip(g)
+            .zip(m.iter_mut())
+            .zip(v.iter_mut())
+            .zip(v_max.iter_mut())
+            .zip(delta)
+        {
+            let old = *p;
+            c.moments::<DECAY>(p, g, m, v);
+            // torch.maximum propagates a NaN from either side; f32::max would drop it.
+            *v_max = if *v > *v_max || v.is_nan() {
+                *v
+            } else {
+                *v_max
+            };
+            c.apply(p, *m, *v_max);
+            *delta = *p - old;
+        }
+        change.add_block(p.len());
     }
+    change.total()
+}
+
+/// One reduction chunk of `p = p + alpha·x`; returns Σ (p_new − p_old)².
+fn axpy_chunk(p: &mut [f32], x: &[f32], alpha: f32) -> f64 {
+    let mut change = ChangeSum::new();
+    for (p, x) in p.chunks_mut(CACHE_BLOCK).zip(x.chunks(CACHE_BLOCK)) {
+        let delta = change.block(p.len());
+        for ((p, &x), delta) in p.iter_mut().zip(x).zip(delta.iter_mut()) {
+            let old = *p;
+            *p += alpha * x;
+            *delta = *p - old;
+        }
+        change.add_block(p.len());
+    }
+    change.total()
 }
 
 /// Per-call f32 constants of a LAMB direction pass.
@@ -636,18 +786,18 @@ impl Backend for NdArrayBackend {
         Ok(())
     }
 
-    fn axpy(&self, p: &mut Self::Tensor, alpha: f32, x: &Self::Tensor) -> Result<(), BackendError> {
+    fn axpy(
+        &self,
+        p: &mut Self::Tensor,
+        alpha: f32,
+        x: &Self::Tensor,
+    ) -> Result<f64, BackendError> {
         const KERNEL: &str = "axpy";
         check_len(KERNEL, p.len(), x.len())?;
         let x = contiguous(x);
         let x = as_slice(&x, KERNEL, "x")?;
         let p = as_slice_mut(p, KERNEL, "p")?;
-        self.zip2(p, x, |p, x| {
-            for (p, &x) in p.iter_mut().zip(x) {
-                *p += alpha * x;
-            }
-        });
-        Ok(())
+        Ok(self.reduce_zip2(p, x, |p, x| axpy_chunk(p, x, alpha)))
     }
 
     fn sgd_step(
@@ -656,7 +806,7 @@ impl Backend for NdArrayBackend {
         g: &Self::Tensor,
         momentum_buffer: Option<&mut Self::Tensor>,
         step: &SgdStep,
-    ) -> Result<(), BackendError> {
+    ) -> Result<f64, BackendError> {
         const KERNEL: &str = "sgd_step";
         check_len(KERNEL, p.len(), g.len())?;
         if let Some(buffer) = &momentum_buffer {
@@ -673,8 +823,7 @@ impl Backend for NdArrayBackend {
             } else {
                 sgd_plain_chunk::<false>
             };
-            self.zip2(p, g, |p, g| kernel(p, g, &constants));
-            return Ok(());
+            return Ok(self.reduce_zip2(p, g, |p, g| kernel(p, g, &constants)));
         }
         let buffer = momentum_buffer.ok_or(BackendError::InvalidOperand {
             kernel: KERNEL,
@@ -684,8 +833,7 @@ impl Backend for NdArrayBackend {
         let buffer = as_slice_mut(buffer, KERNEL, "momentum_buffer")?;
         let p = as_slice_mut(p, KERNEL, "p")?;
         let kernel = sgd_momentum_kernel(decay, step.first_step, step.nesterov);
-        self.zip3(p, g, buffer, |p, g, b| kernel(p, g, b, &constants));
-        Ok(())
+        Ok(self.reduce_zip3(p, g, buffer, |p, g, b| kernel(p, g, b, &constants)))
     }
 
     fn adam_step(
@@ -696,7 +844,7 @@ impl Backend for NdArrayBackend {
         v: &mut Self::Tensor,
         v_max: Option<&mut Self::Tensor>,
         step: &AdamStep,
-    ) -> Result<(), BackendError> {
+    ) -> Result<f64, BackendError> {
         const KERNEL: &str = "adam_step";
         check_len(KERNEL, p.len(), g.len())?;
         check_len(KERNEL, p.len(), m.len())?;
@@ -715,14 +863,14 @@ impl Backend for NdArrayBackend {
         let p = as_slice_mut(p, KERNEL, "p")?;
         let m = as_slice_mut(m, KERNEL, "m")?;
         let v = as_slice_mut(v, KERNEL, "v")?;
-        match v_max {
+        let change_sum_squares = match v_max {
             None => {
                 let kernel = match decay {
                     L2_DECAY => adam_chunk::<L2_DECAY>,
                     DECOUPLED_DECAY => adam_chunk::<DECOUPLED_DECAY>,
                     _ => adam_chunk::<NO_DECAY>,
                 };
-                self.zip4(p, g, m, v, |p, g, m, v| kernel(p, g, m, v, &constants));
+                self.reduce_zip4(p, g, m, v, |p, g, m, v| kernel(p, g, m, v, &constants))
             }
             Some(v_max) => {
                 let v_max = as_slice_mut(v_max, KERNEL, "v_max")?;
@@ -731,12 +879,12 @@ impl Backend for NdArrayBackend {
                     DECOUPLED_DECAY => amsgrad_chunk::<DECOUPLED_DECAY>,
                     _ => amsgrad_chunk::<NO_DECAY>,
                 };
-                self.zip5(p, g, m, v, v_max, |p, g, m, v, w| {
+                self.reduce_zip5(p, g, m, v, v_max, |p, g, m, v, w| {
                     kernel(p, g, m, v, w, &constants)
-                });
+                })
             }
-        }
-        Ok(())
+        };
+        Ok(change_sum_squares)
     }
 
     fn lamb_direction(

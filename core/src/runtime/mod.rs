@@ -93,8 +93,8 @@ pub struct StepReport {
     pub grad_norm: f64,
     /// The same after clipping (NaN when skipped).
     pub clipped_grad_norm: f64,
-    /// L2 norm of the change of all master weights (0 when skipped, NaN when
-    /// [`Stepper::set_update_norm`] turned the measurement off).
+    /// L2 norm of the change of all f32 master weights, `sqrt(Σ (w_new − w_old)²)`
+    /// (0 when skipped).
     pub update_norm: f64,
     /// Global hyperparameter values of this step (`lr`, `momentum`, …) as the graph
     /// produced them, in graph output order.

@@ -18,9 +18,12 @@
 //!   holds lr-scaled velocity, unlike PyTorch-SGD's buffer; with a constant lr and
 //!   trust off the two agree exactly in real arithmetic.
 //!
-//! Scratch space (the LAMB direction, and the copy of the old weights behind the
-//! update norm) is one tensor per distinct parameter length, shared by the parameters
-//! of that length, allocated when the stepper binds.
+//! Every update reports `‖Δp‖² = Σ (p_new − p_old)²`, the change of the f32 master
+//! weights as the kernel that moved them measured it in the same pass (`sgd_step`,
+//! `adam_step`, and LAMB's final `axpy`), so the update norm costs nothing extra.
+//!
+//! Scratch space (the LAMB direction) is one tensor per distinct parameter length,
+//! shared by the parameters of that length, allocated when the stepper binds.
 
 use super::RuntimeError;
 use crate::backend::{AdamStep, Backend, BackendError, LambDirection, SgdStep};
@@ -126,70 +129,27 @@ pub(crate) struct Hypers {
 pub(crate) struct Outcome {
     /// The trust ratio applied (LARS/LAMB with `trust_ratio` on).
     pub trust: Option<f64>,
-    /// ‖Δp‖², when it was asked for (see [`update`]).
-    pub update_sum_squares: Option<f64>,
-}
-
-/// Whether the norm of the change of the weights can be read off the optimizer's own
-/// tensors (so no copy of the old weights is needed).
-pub(crate) fn update_norm_is_free(
-    spec: &OptimizerSpec,
-    hypers: &Hypers,
-    has_momentum: bool,
-) -> bool {
-    match spec.kind {
-        OptimizerKind::Lamb => true,
-        OptimizerKind::Sgd | OptimizerKind::Lars => {
-            has_momentum && hypers.momentum != 0.0 && !spec.nesterov
-        }
-        OptimizerKind::Adam | OptimizerKind::AdamW => false,
-    }
+    /// `Σ (p_new − p_old)²` of the f32 master weights, as the update kernel measured it.
+    pub update_sum_squares: f64,
 }
 
 /// Apply one update to `state.master` with the gradient in `state.grad`, and advance
-/// the parameter's counters.
+/// the parameter's counters. `direction` is the parameter's scratch tensor, which
+/// LAMB needs for its direction (the other optimizers need none).
 ///
-/// With `measure` the squared norm of the change is returned: for LAMB it is
-/// `(lr·trust)²·‖u‖²` from the direction pass; for SGD/LARS with a non-Nesterov
-/// momentum it is `lr²·‖buf‖²` (one read of the buffer, since `Δp = −lr·buf`);
-/// otherwise the old weights are copied into `scratch` first and the change is
-/// measured as `‖p_old − p_new‖²` (three extra passes). The first two are the norm of
-/// the update in real arithmetic, the last the norm of the f32 change.
+/// The squared norm of the change comes back from the kernel that applied it: the
+/// f32 difference `p_new − p_old` of every element, squared and summed in f64.
 pub(crate) fn update<B: Backend>(
     backend: &B,
     spec: &OptimizerSpec,
     state: &mut ParamState<B::Tensor>,
     hypers: &Hypers,
     trust_enabled: bool,
-    scratch: Option<&mut B::Tensor>,
-    measure: bool,
+    direction: Option<&mut B::Tensor>,
 ) -> Result<Outcome, RuntimeError> {
-    let free = update_norm_is_free(spec, hypers, state.momentum.is_some());
-    // LAMB writes its direction into the scratch tensor; the others may copy the old
-    // weights there.
-    let (direction, mut copy) = match spec.kind {
-        OptimizerKind::Lamb => (scratch, None),
-        _ if measure && !free => (None, scratch),
-        _ => (None, None),
-    };
-    if let Some(old) = copy.as_deref_mut() {
-        // old = 0·old + p: a copy with the kernels every backend has.
-        backend.scale(old, 0.0)?;
-        backend.axpy(old, 1.0, &state.master)?;
-    }
-
-    let mut outcome = Outcome {
-        trust: None,
-        update_sum_squares: None,
-    };
-    match spec.kind {
-        OptimizerKind::Sgd => {
-            sgd_family(backend, spec, state, hypers, hypers.lr, 1.0)?;
-            if measure && free {
-                let buffer_ss = momentum_sum_squares(backend, state)?;
-                outcome.update_sum_squares = Some(hypers.lr * hypers.lr * buffer_ss);
-            }
-        }
+    let mut trust_applied = None;
+    let update_sum_squares = match spec.kind {
+        OptimizerKind::Sgd => sgd_family(backend, spec, state, hypers, hypers.lr, 1.0)?,
         OptimizerKind::Lars => {
             let local = if trust_enabled {
                 let w_norm = backend.sum_squares(&state.master)?.sqrt();
@@ -200,15 +160,12 @@ pub(crate) fn update<B: Backend>(
                     1.0
                 };
                 let ratio = clip_trust(ratio, spec.trust_clip);
-                outcome.trust = Some(ratio);
+                trust_applied = Some(ratio);
                 ratio
             } else {
                 1.0
             };
-            sgd_family(backend, spec, state, hypers, 1.0, hypers.lr * local)?;
-            if measure && free {
-                outcome.update_sum_squares = Some(momentum_sum_squares(backend, state)?);
-            }
+            sgd_family(backend, spec, state, hypers, 1.0, hypers.lr * local)?
         }
         OptimizerKind::Adam | OptimizerKind::AdamW => {
             let t = state.updates + 1;
@@ -232,7 +189,7 @@ pub(crate) fn update<B: Backend>(
                 v,
                 state.max_exp_avg_sq.as_mut(),
                 &step,
-            )?;
+            )?
         }
         OptimizerKind::Lamb => {
             let Some(direction) = direction else {
@@ -274,29 +231,24 @@ pub(crate) fn update<B: Backend>(
                     1.0
                 };
                 let ratio = clip_trust(ratio, spec.trust_clip);
-                outcome.trust = Some(ratio);
+                trust_applied = Some(ratio);
                 ratio
             } else {
                 1.0
             };
             let step = hypers.lr * trust;
-            backend.axpy(&mut state.master, -(step as f32), direction)?;
-            if measure {
-                outcome.update_sum_squares = Some(step * step * norms.update_sum_squares);
-            }
+            backend.axpy(&mut state.master, -(step as f32), direction)?
         }
-    }
-    if let Some(old) = copy {
-        // old − new: the change, negated.
-        backend.axpy(old, -1.0, &state.master)?;
-        outcome.update_sum_squares = Some(backend.sum_squares(old)?);
-    }
+    };
     state.updates += 1;
-    Ok(outcome)
+    Ok(Outcome {
+        trust: trust_applied,
+        update_sum_squares,
+    })
 }
 
 /// The SGD kernel as SGD (`lr`, `grad_scale` 1) and LARS (`lr` 1, `grad_scale` γ·λˡ)
-/// call it.
+/// call it; returns the kernel's `Σ (p_new − p_old)²`.
 fn sgd_family<B: Backend>(
     backend: &B,
     spec: &OptimizerSpec,
@@ -304,7 +256,7 @@ fn sgd_family<B: Backend>(
     hypers: &Hypers,
     lr: f64,
     grad_scale: f64,
-) -> Result<(), RuntimeError> {
+) -> Result<f64, RuntimeError> {
     let uses_momentum = hypers.momentum != 0.0;
     let buffer = if uses_momentum {
         match state.momentum.as_mut() {
@@ -323,21 +275,11 @@ fn sgd_family<B: Backend>(
         first_step: !state.momentum_initialised,
         grad_scale: grad_scale as f32,
     };
-    backend.sgd_step(&mut state.master, &state.grad, buffer, &step)?;
+    let change_sum_squares = backend.sgd_step(&mut state.master, &state.grad, buffer, &step)?;
     if uses_momentum {
         state.momentum_initialised = true;
     }
-    Ok(())
-}
-
-fn momentum_sum_squares<B: Backend>(
-    backend: &B,
-    state: &ParamState<B::Tensor>,
-) -> Result<f64, RuntimeError> {
-    match &state.momentum {
-        Some(buffer) => Ok(backend.sum_squares(buffer)?),
-        None => Err(missing_state("sgd", "momentum buffer")),
-    }
+    Ok(change_sum_squares)
 }
 
 /// `1 − βᵗ` as Python's `1 - beta ** step` computes it (C `pow`).

@@ -39,8 +39,10 @@
 //!
 //! # Update norm
 //!
-//! [`StepReport::update_norm`] is measured by default; see
-//! [`Stepper::set_update_norm`] for what it costs and how to turn it off.
+//! [`StepReport::update_norm`] is `‖Δw‖`, the L2 norm of the change of all f32 master
+//! weights, every element's change being the f32 difference `w_new − w_old`. The
+//! update kernels measure it in the pass that applies the update (see the backend
+//! module), so it is always reported and costs no extra pass over the weights.
 //!
 //! # Checkpoints
 //!
@@ -86,9 +88,9 @@ pub struct Stepper<B: Backend> {
     /// The value table of the current step: graph outputs, then defaults.
     values: Vec<f64>,
     states: Vec<ParamState<B::Tensor>>,
-    /// One tensor per distinct parameter length (see [`Stepper::set_update_norm`]).
+    /// LAMB's direction: one tensor per distinct parameter length, shared by the
+    /// parameters of that length (empty for the other optimizers).
     scratch: Vec<B::Tensor>,
-    measure_update_norm: bool,
     fingerprint: String,
     /// Updates applied (steps not skipped).
     updates: u64,
@@ -187,7 +189,6 @@ impl<B: Backend> Stepper<B> {
             scaler,
             states,
             scratch: Vec::new(),
-            measure_update_norm: true,
             fingerprint,
             updates: 0,
         };
@@ -234,26 +235,6 @@ impl<B: Backend> Stepper<B> {
     /// checkpoint must match to be loaded.
     pub fn fingerprint(&self) -> String {
         self.fingerprint.clone()
-    }
-
-    /// Whether [`StepReport::update_norm`] is measured (on by default; off reports NaN).
-    ///
-    /// For LAMB the norm comes free with the direction pass, and for SGD/LARS with a
-    /// non-zero, non-Nesterov momentum it costs one read of the momentum buffers
-    /// (`Δp = −lr·buf`). Otherwise (Adam, AdamW, plain or Nesterov SGD) the old
-    /// weights are copied into a scratch tensor before the update and the difference
-    /// measured after it: three extra passes over the weights, and one scratch tensor
-    /// per distinct parameter length. Turning the measurement off frees that scratch
-    /// (LAMB keeps its own, which holds its direction).
-    pub fn set_update_norm(&mut self, on: bool) -> Result<(), RuntimeError> {
-        self.measure_update_norm = on;
-        if !on && self.strategy.optimizer.kind != OptimizerKind::Lamb {
-            self.scratch.clear();
-            for state in &mut self.states {
-                state.scratch = None;
-            }
-        }
-        self.allocate_scratch()
     }
 
     /// Copy parameter `index`'s f32 master weights into `out`.
@@ -350,7 +331,6 @@ impl<B: Backend> Stepper<B> {
         // 5. The optimizer.
         let mut trust = TrustAccumulator::default();
         let mut update_sum_squares = 0.0;
-        let measure = self.measure_update_norm;
         for ((state, bound), slots) in self
             .states
             .iter_mut()
@@ -379,14 +359,11 @@ impl<B: Backend> Stepper<B> {
                 &hypers,
                 bound.trust_ratio,
                 scratch,
-                measure,
             )?;
             if let Some(ratio) = outcome.trust {
                 trust.add(ratio);
             }
-            if let Some(ss) = outcome.update_sum_squares {
-                update_sum_squares += ss;
-            }
+            update_sum_squares += outcome.update_sum_squares;
         }
 
         // 6. Write back.
@@ -401,11 +378,7 @@ impl<B: Backend> Stepper<B> {
         let norms = StepNorms {
             grad_norm,
             clipped_grad_norm,
-            update_norm: if measure {
-                update_sum_squares.sqrt()
-            } else {
-                f64::NAN
-            },
+            update_norm: update_sum_squares.sqrt(),
         };
         Ok(self.report(step, &decision, norms, trust.summary(), metrics))
     }
@@ -626,10 +599,9 @@ impl<B: Backend> Stepper<B> {
         Ok(stepper)
     }
 
-    /// Allocate the scratch pool if this configuration needs it and it is missing.
+    /// Allocate LAMB's direction tensors (one per distinct parameter length).
     fn allocate_scratch(&mut self) -> Result<(), RuntimeError> {
-        let needed =
-            self.strategy.optimizer.kind == OptimizerKind::Lamb || self.measure_update_norm;
+        let needed = self.strategy.optimizer.kind == OptimizerKind::Lamb;
         if !needed || !self.scratch.is_empty() || self.states.is_empty() {
             return Ok(());
         }

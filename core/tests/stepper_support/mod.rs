@@ -5,6 +5,9 @@
 // Each test file uses a different subset.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use regimen_core::runtime::RuntimeError;
 use regimen_core::{
     GroupRule, HostTensor, HostTensorMut, Hyper, Metrics, NdArrayBackend, Node, NodeId,
@@ -17,15 +20,7 @@ pub const TOLERANCE: f64 = 1e-6;
 /// `actual` within 1e-6 relative of `expected` (exactly 0 when 0 is expected).
 #[track_caller]
 pub fn close(actual: f64, expected: f64) {
-    if expected == 0.0 {
-        assert_eq!(actual, 0.0, "expected exactly 0");
-        return;
-    }
-    let rel = ((actual - expected) / expected).abs();
-    assert!(
-        rel <= TOLERANCE,
-        "actual {actual:e} != expected {expected:e} (relative error {rel:e})"
-    );
+    common::close_within(actual, expected, TOLERANCE);
 }
 
 /// Every element within 1e-6 relative.

@@ -437,12 +437,36 @@ const DECOUPLED_DECAY: u8 = 2;
 
 /// Per-call f32 constants of an Adam step, derived in f64 from the hyperparameters
 /// and bias corrections as PyTorch's single-tensor Adam derives its Python floats.
+/// Adam's moment decays, with `1 − β` formed in f64 before rounding (as PyTorch).
 #[derive(Clone, Copy, Debug)]
-struct AdamConstants {
+struct MomentDecay {
     beta1: f32,
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
+}
+
+impl MomentDecay {
+    fn new(beta1: f64, beta2: f64) -> Self {
+        Self {
+            beta1: beta1 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+        }
+    }
+
+    /// `m = β1·m + (1 − β1)·g`, `v = β2·v + (1 − β2)·g²`.
+    #[inline(always)]
+    fn update(&self, m: &mut f32, v: &mut f32, g: f32) {
+        *m = self.beta1 * *m + self.one_minus_beta1 * g;
+        *v = self.beta2 * *v + self.one_minus_beta2 * g * g;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct AdamConstants {
+    decay: MomentDecay,
     eps: f32,
     weight_decay: f32,
     /// `1 − lr·weight_decay` (AdamW).
@@ -456,10 +480,7 @@ struct AdamConstants {
 impl AdamConstants {
     fn new(step: &AdamStep) -> Self {
         Self {
-            beta1: step.beta1 as f32,
-            one_minus_beta1: (1.0 - step.beta1) as f32,
-            beta2: step.beta2 as f32,
-            one_minus_beta2: (1.0 - step.beta2) as f32,
+            decay: MomentDecay::new(step.beta1, step.beta2),
             eps: step.eps,
             weight_decay: step.weight_decay,
             decay_factor: (1.0 - f64::from(step.lr) * f64::from(step.weight_decay)) as f32,
@@ -480,8 +501,7 @@ impl AdamConstants {
         if DECAY == DECOUPLED_DECAY {
             *p *= self.decay_factor;
         }
-        *m = self.beta1 * *m + self.one_minus_beta1 * g;
-        *v = self.beta2 * *v + self.one_minus_beta2 * g * g;
+        self.decay.update(m, v, g);
     }
 
     /// `p = p − step_size · m / (sqrt(v̂) / sqrt(bc2) + eps)`, in PyTorch's order of
@@ -586,10 +606,7 @@ fn axpy_chunk(p: &mut [f32], x: &[f32], alpha: f32) -> f64 {
 /// Per-call f32 constants of a LAMB direction pass.
 #[derive(Clone, Copy, Debug)]
 struct LambConstants {
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
+    decay: MomentDecay,
     eps: f32,
     weight_decay: f32,
     bias_correction1: f32,
@@ -599,10 +616,7 @@ struct LambConstants {
 impl LambConstants {
     fn new(direction: &LambDirection) -> Self {
         Self {
-            beta1: direction.beta1 as f32,
-            one_minus_beta1: (1.0 - direction.beta1) as f32,
-            beta2: direction.beta2 as f32,
-            one_minus_beta2: (1.0 - direction.beta2) as f32,
+            decay: MomentDecay::new(direction.beta1, direction.beta2),
             eps: direction.eps,
             weight_decay: direction.weight_decay,
             bias_correction1: direction.bias_correction1 as f32,
@@ -636,8 +650,7 @@ fn lamb_chunk(
             .zip(v.iter_mut())
             .zip(update.iter_mut())
         {
-            *m = c.beta1 * *m + c.one_minus_beta1 * g;
-            *v = c.beta2 * *v + c.one_minus_beta2 * g * g;
+            c.decay.update(m, v, g);
             *u = (*m / c.bias_correction1) / ((*v / c.bias_correction2).sqrt() + c.eps)
                 + c.weight_decay * p;
         }

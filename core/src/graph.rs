@@ -344,8 +344,16 @@ impl Evaluator {
 
     /// Evaluate every output at the current step into `out`, then advance.
     pub fn next_into(&mut self, out: &mut [f64]) -> u64 {
+        self.graph.eval_into(self.step as f64, out);
+        self.advance()
+    }
+
+    /// Move to the next step without evaluating, returning the step left. For a
+    /// caller that has already evaluated the current step (with
+    /// [`ScalarGraph::eval_into`] at [`Evaluator::step`]) and commits it only once the
+    /// work of the step has succeeded, as the training-step runtime does.
+    pub fn advance(&mut self) -> u64 {
         let step = self.step;
-        self.graph.eval_into(step as f64, out);
         self.step += 1;
         step
     }

@@ -1,5 +1,6 @@
-//! Traces: one record per step of every scalar a strategy produces — the observable
-//! output that feeds `regimen trace`, plots and snapshot tests.
+//! Traces: one record per step — every scalar a script's graph produces
+//! ([`Trace::from_graph`]), or what the training-step runtime did ([`Trace::from_step_reports`])
+//! — the observable output that feeds `regimen trace`, plots and snapshot tests.
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};

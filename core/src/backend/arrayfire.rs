@@ -33,8 +33,8 @@ use arrayfire::{Array, Dim4};
 use half::slice::HalfFloatSliceExt;
 
 use super::{
-    AdamStep, Backend, BackendError, DirectionNorms, GradStats, HostTensor, HostTensorMut,
-    LambDirection, SgdStep,
+    check_len, missing_momentum_buffer, AdamStep, Backend, BackendError, DirectionNorms, GradStats,
+    HostTensor, HostTensorMut, LambDirection, SgdStep,
 };
 
 const NAME: &str = "arrayfire";
@@ -87,18 +87,6 @@ fn catch_device_errors<T>(
             message: panic_message(payload),
         })
     })
-}
-
-fn check_len(kernel: &'static str, expected: usize, actual: usize) -> Result<(), BackendError> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(BackendError::LengthMismatch {
-            kernel,
-            expected,
-            actual,
-        })
-    }
 }
 
 /// The shape of a flat tensor: a column of `len` elements.
@@ -365,11 +353,7 @@ impl Backend for ArrayFireBackend {
             check_len(KERNEL, p.elements(), buffer.elements())?;
         }
         if step.momentum != 0.0 && momentum_buffer.is_none() {
-            return Err(BackendError::InvalidOperand {
-                kernel: KERNEL,
-                operand: "momentum_buffer",
-                reason: "a momentum buffer is required when momentum ≠ 0",
-            });
+            return Err(missing_momentum_buffer(KERNEL));
         }
         self.run(|| {
             // d = (g + weight_decay·p) · grad_scale, without the decay term at 0.

@@ -78,11 +78,7 @@ impl HostTensor<'_> {
 impl HostTensorMut<'_> {
     /// Number of elements.
     pub fn len(&self) -> usize {
-        match self {
-            Self::F32(s) => s.len(),
-            Self::F16(s) => s.len(),
-            Self::BF16(s) => s.len(),
-        }
+        self.as_host().len()
     }
 
     /// Whether there are no elements.
@@ -92,11 +88,7 @@ impl HostTensorMut<'_> {
 
     /// The element type.
     pub fn dtype(&self) -> DType {
-        match self {
-            Self::F32(_) => DType::F32,
-            Self::F16(_) => DType::F16,
-            Self::BF16(_) => DType::BF16,
-        }
+        self.as_host().dtype()
     }
 
     /// A read-only view of the same elements.
@@ -150,6 +142,33 @@ pub enum BackendError {
         /// The library's message.
         message: String,
     },
+}
+
+/// [`BackendError::LengthMismatch`] unless `actual == expected`: the operand check
+/// every kernel of every backend makes before touching memory.
+pub(crate) fn check_len(
+    kernel: &'static str,
+    expected: usize,
+    actual: usize,
+) -> Result<(), BackendError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(BackendError::LengthMismatch {
+            kernel,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// The error of [`Backend::sgd_step`] called with momentum ≠ 0 but no buffer.
+pub(crate) fn missing_momentum_buffer(kernel: &'static str) -> BackendError {
+    BackendError::InvalidOperand {
+        kernel,
+        operand: "momentum_buffer",
+        reason: "a momentum buffer is required when momentum ≠ 0",
+    }
 }
 
 /// What loading a gradient learned about it, in one pass.

@@ -24,8 +24,8 @@ use ndarray::{Array1, CowArray, Ix1};
 use rayon::prelude::*;
 
 use super::{
-    AdamStep, Backend, BackendError, DirectionNorms, GradStats, HostTensor, HostTensorMut,
-    LambDirection, SgdStep,
+    check_len, missing_momentum_buffer, AdamStep, Backend, BackendError, DirectionNorms, GradStats,
+    HostTensor, HostTensorMut, LambDirection, SgdStep,
 };
 
 /// Elements per reduction chunk. Every reduction is the in-order sum of per-chunk
@@ -44,10 +44,6 @@ const SUM_LANES: usize = 8;
 /// half floats into it): small enough to stay in L1 between the two steps. A multiple
 /// of [`SUM_LANES`], so blocking never changes which lane an element is added to.
 const CACHE_BLOCK: usize = 1024;
-
-/// Parallel work is split into pieces of this many elements (a reduction chunk, so
-/// that fused kernels with a reduction can use the same split).
-const PARALLEL_CHUNK: usize = REDUCTION_CHUNK;
 
 const NAME: &str = "ndarray";
 
@@ -82,138 +78,30 @@ impl NdArrayBackend {
         len >= self.parallel_threshold
     }
 
-    /// `f(a_chunk, b_chunk)` over matching pieces of `a` and `b` (same length).
-    fn zip2<A: Send, B: Sync>(&self, a: &mut [A], b: &[B], f: impl Fn(&mut [A], &[B]) + Sync) {
-        if self.parallel(a.len()) {
-            a.par_chunks_mut(PARALLEL_CHUNK)
-                .zip(b.par_chunks(PARALLEL_CHUNK))
-                .for_each(|(a, b)| f(a, b));
+    /// `each` over matching chunks of `operands` (every operand `len` long), split
+    /// over the rayon pool for long tensors.
+    fn for_each_chunk<O: Chunked>(&self, len: usize, operands: O, each: impl Fn(O::Chunk) + Sync) {
+        if self.parallel(len) {
+            operands.parallel_chunks().for_each(&each);
         } else {
-            f(a, b);
+            operands.serial_chunks().for_each(each);
         }
     }
 
-    /// The in-order sum of `partial` over matching reduction chunks of three slices
-    /// of the same length.
-    fn reduce_zip3(
+    /// The in-order sum of `partial` over matching reduction chunks of `operands`
+    /// (every operand `len` long): the partials of the parallel path are collected
+    /// and added in chunk order, exactly as the serial path adds them.
+    fn reduce<O: Chunked, P: Partial>(
         &self,
-        a: &mut [f32],
-        b: &[f32],
-        c: &mut [f32],
-        partial: impl Fn(&mut [f32], &[f32], &mut [f32]) -> f64 + Sync,
-    ) -> f64 {
-        if self.parallel(a.len()) {
-            let partials: Vec<f64> = a
-                .par_chunks_mut(REDUCTION_CHUNK)
-                .zip(b.par_chunks(REDUCTION_CHUNK))
-                .zip(c.par_chunks_mut(REDUCTION_CHUNK))
-                .map(|((a, b), c)| partial(a, b, c))
-                .collect();
+        len: usize,
+        operands: O,
+        partial: impl Fn(O::Chunk) -> P + Sync,
+    ) -> P {
+        if self.parallel(len) {
+            let partials: Vec<P> = operands.parallel_chunks().map(&partial).collect();
             sum_in_order(partials)
         } else {
-            sum_in_order(
-                a.chunks_mut(REDUCTION_CHUNK)
-                    .zip(b.chunks(REDUCTION_CHUNK))
-                    .zip(c.chunks_mut(REDUCTION_CHUNK))
-                    .map(|((a, b), c)| partial(a, b, c)),
-            )
-        }
-    }
-
-    /// The in-order sum of `partial` over matching reduction chunks of four slices
-    /// of the same length.
-    fn reduce_zip4(
-        &self,
-        a: &mut [f32],
-        b: &[f32],
-        c: &mut [f32],
-        d: &mut [f32],
-        partial: impl Fn(&mut [f32], &[f32], &mut [f32], &mut [f32]) -> f64 + Sync,
-    ) -> f64 {
-        if self.parallel(a.len()) {
-            let partials: Vec<f64> = a
-                .par_chunks_mut(REDUCTION_CHUNK)
-                .zip(b.par_chunks(REDUCTION_CHUNK))
-                .zip(c.par_chunks_mut(REDUCTION_CHUNK))
-                .zip(d.par_chunks_mut(REDUCTION_CHUNK))
-                .map(|(((a, b), c), d)| partial(a, b, c, d))
-                .collect();
-            sum_in_order(partials)
-        } else {
-            sum_in_order(
-                a.chunks_mut(REDUCTION_CHUNK)
-                    .zip(b.chunks(REDUCTION_CHUNK))
-                    .zip(c.chunks_mut(REDUCTION_CHUNK))
-                    .zip(d.chunks_mut(REDUCTION_CHUNK))
-                    .map(|(((a, b), c), d)| partial(a, b, c, d)),
-            )
-        }
-    }
-
-    /// The in-order sum of `partial` over matching reduction chunks of five slices
-    /// of the same length.
-    #[allow(clippy::too_many_arguments)]
-    fn reduce_zip5(
-        &self,
-        a: &mut [f32],
-        b: &[f32],
-        c: &mut [f32],
-        d: &mut [f32],
-        e: &mut [f32],
-        partial: impl Fn(&mut [f32], &[f32], &mut [f32], &mut [f32], &mut [f32]) -> f64 + Sync,
-    ) -> f64 {
-        if self.parallel(a.len()) {
-            let partials: Vec<f64> = a
-                .par_chunks_mut(REDUCTION_CHUNK)
-                .zip(b.par_chunks(REDUCTION_CHUNK))
-                .zip(c.par_chunks_mut(REDUCTION_CHUNK))
-                .zip(d.par_chunks_mut(REDUCTION_CHUNK))
-                .zip(e.par_chunks_mut(REDUCTION_CHUNK))
-                .map(|((((a, b), c), d), e)| partial(a, b, c, d, e))
-                .collect();
-            sum_in_order(partials)
-        } else {
-            sum_in_order(
-                a.chunks_mut(REDUCTION_CHUNK)
-                    .zip(b.chunks(REDUCTION_CHUNK))
-                    .zip(c.chunks_mut(REDUCTION_CHUNK))
-                    .zip(d.chunks_mut(REDUCTION_CHUNK))
-                    .zip(e.chunks_mut(REDUCTION_CHUNK))
-                    .map(|((((a, b), c), d), e)| partial(a, b, c, d, e)),
-            )
-        }
-    }
-
-    /// The in-order sum of `partial` over the reduction chunks of `x`.
-    fn reduce(&self, x: &[f32], partial: impl Fn(&[f32]) -> f64 + Sync) -> f64 {
-        if self.parallel(x.len()) {
-            let partials: Vec<f64> = x.par_chunks(REDUCTION_CHUNK).map(&partial).collect();
-            sum_in_order(partials)
-        } else {
-            sum_in_order(x.chunks(REDUCTION_CHUNK).map(partial))
-        }
-    }
-
-    /// The in-order sum of `partial` over matching reduction chunks of `dst` and `src`.
-    fn reduce_zip2<S: Sync>(
-        &self,
-        dst: &mut [f32],
-        src: &[S],
-        partial: impl Fn(&mut [f32], &[S]) -> f64 + Sync,
-    ) -> f64 {
-        if self.parallel(dst.len()) {
-            let partials: Vec<f64> = dst
-                .par_chunks_mut(REDUCTION_CHUNK)
-                .zip(src.par_chunks(REDUCTION_CHUNK))
-                .map(|(d, s)| partial(d, s))
-                .collect();
-            sum_in_order(partials)
-        } else {
-            sum_in_order(
-                dst.chunks_mut(REDUCTION_CHUNK)
-                    .zip(src.chunks(REDUCTION_CHUNK))
-                    .map(|(d, s)| partial(d, s)),
-            )
+            sum_in_order(operands.serial_chunks().map(partial))
         }
     }
 }
@@ -224,9 +112,71 @@ impl Default for NdArrayBackend {
     }
 }
 
+/// What one reduction chunk returns: one f64 sum, or several summed component-wise.
+trait Partial: Send {
+    /// +0 in every component.
+    const ZERO: Self;
+    fn add(self, other: Self) -> Self;
+}
+
+impl Partial for f64 {
+    const ZERO: Self = 0.0;
+    fn add(self, other: Self) -> Self {
+        self + other
+    }
+}
+
+impl Partial for (f64, f64) {
+    const ZERO: Self = (0.0, 0.0);
+    fn add(self, other: Self) -> Self {
+        (self.0 + other.0, self.1 + other.1)
+    }
+}
+
 /// Adds `values` from first to last, starting at +0.
-fn sum_in_order(values: impl IntoIterator<Item = f64>) -> f64 {
-    values.into_iter().fold(0.0, |total, value| total + value)
+fn sum_in_order<P: Partial>(values: impl IntoIterator<Item = P>) -> P {
+    values.into_iter().fold(P::ZERO, P::add)
+}
+
+/// The operands of one kernel, cut into matching chunks of [`REDUCTION_CHUNK`] elements: a
+/// slice, or a pair of operands (pairs nest, so `((p, g), m)` is three operands and
+/// its chunks are `((p, g), m)` too). Serial and parallel iteration yield the same
+/// chunks in the same order; the kernels' per-chunk functions see plain slices, so
+/// how they vectorize does not depend on this.
+trait Chunked: Send + Sized {
+    type Chunk: Send;
+    fn serial_chunks(self) -> impl Iterator<Item = Self::Chunk>;
+    fn parallel_chunks(self) -> impl IndexedParallelIterator<Item = Self::Chunk>;
+}
+
+impl<'a, T: Sync> Chunked for &'a [T] {
+    type Chunk = &'a [T];
+    fn serial_chunks(self) -> impl Iterator<Item = Self::Chunk> {
+        self.chunks(REDUCTION_CHUNK)
+    }
+    fn parallel_chunks(self) -> impl IndexedParallelIterator<Item = Self::Chunk> {
+        self.par_chunks(REDUCTION_CHUNK)
+    }
+}
+
+impl<'a, T: Send> Chunked for &'a mut [T] {
+    type Chunk = &'a mut [T];
+    fn serial_chunks(self) -> impl Iterator<Item = Self::Chunk> {
+        self.chunks_mut(REDUCTION_CHUNK)
+    }
+    fn parallel_chunks(self) -> impl IndexedParallelIterator<Item = Self::Chunk> {
+        self.par_chunks_mut(REDUCTION_CHUNK)
+    }
+}
+
+impl<A: Chunked, B: Chunked> Chunked for (A, B) {
+    type Chunk = (A::Chunk, B::Chunk);
+    fn serial_chunks(self) -> impl Iterator<Item = Self::Chunk> {
+        self.0.serial_chunks().zip(self.1.serial_chunks())
+    }
+    fn parallel_chunks(self) -> impl IndexedParallelIterator<Item = Self::Chunk> {
+        self.0.parallel_chunks().zip(self.1.parallel_chunks())
+    }
 }
 
 /// Σ x² of one reduction chunk in f64, in a fixed order: element `i` of the chunk
@@ -430,13 +380,15 @@ fn sgd_momentum_kernel(decay: bool, first: bool, nesterov: bool) -> SgdMomentumK
     }
 }
 
-/// How an Adam step applies weight decay.
+// How an Adam step applies weight decay: the `DECAY` parameter of its chunk kernels
+// (a const generic, so each variant compiles to its own loop without a branch).
+/// No weight decay.
 const NO_DECAY: u8 = 0;
+/// L2: `g = g + weight_decay·p` (Adam).
 const L2_DECAY: u8 = 1;
+/// Decoupled: `p = p·(1 − lr·weight_decay)` (AdamW).
 const DECOUPLED_DECAY: u8 = 2;
 
-/// Per-call f32 constants of an Adam step, derived in f64 from the hyperparameters
-/// and bias corrections as PyTorch's single-tensor Adam derives its Python floats.
 /// Adam's moment decays, with `1 − β` formed in f64 before rounding (as PyTorch).
 #[derive(Clone, Copy, Debug)]
 struct MomentDecay {
@@ -464,6 +416,8 @@ impl MomentDecay {
     }
 }
 
+/// Per-call f32 constants of an Adam step, derived in f64 from the hyperparameters
+/// and bias corrections as PyTorch's single-tensor Adam derives its Python floats.
 #[derive(Clone, Copy, Debug)]
 struct AdamConstants {
     decay: MomentDecay,
@@ -660,18 +614,6 @@ fn lamb_chunk(
     (param_sum.total(), update_sum.total())
 }
 
-fn check_len(kernel: &'static str, expected: usize, actual: usize) -> Result<(), BackendError> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(BackendError::LengthMismatch {
-            kernel,
-            expected,
-            actual,
-        })
-    }
-}
-
 fn not_contiguous(kernel: &'static str, operand: &'static str) -> BackendError {
     BackendError::InvalidOperand {
         kernel,
@@ -736,9 +678,15 @@ impl Backend for NdArrayBackend {
         check_len(KERNEL, src.len(), dst.len())?;
         let dst = as_slice_mut(dst, KERNEL, "dst")?;
         match src {
-            HostTensor::F32(src) => self.zip2(dst, src, |d, s| d.copy_from_slice(s)),
-            HostTensor::F16(src) => self.zip2(dst, src, |d, s| s.convert_to_f32_slice(d)),
-            HostTensor::BF16(src) => self.zip2(dst, src, |d, s| s.convert_to_f32_slice(d)),
+            HostTensor::F32(src) => {
+                self.for_each_chunk(dst.len(), (dst, src), |(d, s)| d.copy_from_slice(s))
+            }
+            HostTensor::F16(src) => {
+                self.for_each_chunk(dst.len(), (dst, src), |(d, s)| s.convert_to_f32_slice(d))
+            }
+            HostTensor::BF16(src) => {
+                self.for_each_chunk(dst.len(), (dst, src), |(d, s)| s.convert_to_f32_slice(d))
+            }
         }
         Ok(())
     }
@@ -749,9 +697,15 @@ impl Backend for NdArrayBackend {
         let src = contiguous(src);
         let src = as_slice(&src, KERNEL, "src")?;
         match dst {
-            HostTensorMut::F32(dst) => self.zip2(dst, src, |d, s| d.copy_from_slice(s)),
-            HostTensorMut::F16(dst) => self.zip2(dst, src, |d, s| d.convert_from_f32_slice(s)),
-            HostTensorMut::BF16(dst) => self.zip2(dst, src, |d, s| d.convert_from_f32_slice(s)),
+            HostTensorMut::F32(dst) => {
+                self.for_each_chunk(src.len(), (dst, src), |(d, s)| d.copy_from_slice(s))
+            }
+            HostTensorMut::F16(dst) => {
+                self.for_each_chunk(src.len(), (dst, src), |(d, s)| d.convert_from_f32_slice(s))
+            }
+            HostTensorMut::BF16(dst) => {
+                self.for_each_chunk(src.len(), (dst, src), |(d, s)| d.convert_from_f32_slice(s))
+            }
         }
         Ok(())
     }
@@ -770,10 +724,14 @@ impl Backend for NdArrayBackend {
         check_len(KERNEL, src.len(), dst.len())?;
         let dst = as_slice_mut(dst, KERNEL, "dst")?;
         let sum_squares = match src {
-            HostTensor::F32(src) => self.reduce_zip2(dst, src, |d, s| load_f32_chunk(d, s, scale)),
-            HostTensor::F16(src) => self.reduce_zip2(dst, src, |d, s| load_half_chunk(d, s, scale)),
+            HostTensor::F32(src) => {
+                self.reduce(src.len(), (dst, src), |(d, s)| load_f32_chunk(d, s, scale))
+            }
+            HostTensor::F16(src) => {
+                self.reduce(src.len(), (dst, src), |(d, s)| load_half_chunk(d, s, scale))
+            }
             HostTensor::BF16(src) => {
-                self.reduce_zip2(dst, src, |d, s| load_half_chunk(d, s, scale))
+                self.reduce(src.len(), (dst, src), |(d, s)| load_half_chunk(d, s, scale))
             }
         };
         Ok(GradStats {
@@ -785,17 +743,12 @@ impl Backend for NdArrayBackend {
     fn sum_squares(&self, tensor: &Self::Tensor) -> Result<f64, BackendError> {
         let x = contiguous(tensor);
         let x = as_slice(&x, "sum_squares", "tensor")?;
-        Ok(self.reduce(x, sum_squares_chunk))
+        Ok(self.reduce(x.len(), x, sum_squares_chunk))
     }
 
     fn scale(&self, tensor: &mut Self::Tensor, factor: f32) -> Result<(), BackendError> {
         let x = as_slice_mut(tensor, "scale", "tensor")?;
-        if self.parallel(x.len()) {
-            x.par_chunks_mut(PARALLEL_CHUNK)
-                .for_each(|x| scale_chunk(x, factor));
-        } else {
-            scale_chunk(x, factor);
-        }
+        self.for_each_chunk(x.len(), x, |x| scale_chunk(x, factor));
         Ok(())
     }
 
@@ -810,7 +763,7 @@ impl Backend for NdArrayBackend {
         let x = contiguous(x);
         let x = as_slice(&x, KERNEL, "x")?;
         let p = as_slice_mut(p, KERNEL, "p")?;
-        Ok(self.reduce_zip2(p, x, |p, x| axpy_chunk(p, x, alpha)))
+        Ok(self.reduce(x.len(), (p, x), |(p, x)| axpy_chunk(p, x, alpha)))
     }
 
     fn sgd_step(
@@ -836,17 +789,15 @@ impl Backend for NdArrayBackend {
             } else {
                 sgd_plain_chunk::<false>
             };
-            return Ok(self.reduce_zip2(p, g, |p, g| kernel(p, g, &constants)));
+            return Ok(self.reduce(g.len(), (p, g), |(p, g)| kernel(p, g, &constants)));
         }
-        let buffer = momentum_buffer.ok_or(BackendError::InvalidOperand {
-            kernel: KERNEL,
-            operand: "momentum_buffer",
-            reason: "a momentum buffer is required when momentum ≠ 0",
-        })?;
+        let buffer = momentum_buffer.ok_or_else(|| missing_momentum_buffer(KERNEL))?;
         let buffer = as_slice_mut(buffer, KERNEL, "momentum_buffer")?;
         let p = as_slice_mut(p, KERNEL, "p")?;
         let kernel = sgd_momentum_kernel(decay, step.first_step, step.nesterov);
-        Ok(self.reduce_zip3(p, g, buffer, |p, g, b| kernel(p, g, b, &constants)))
+        Ok(self.reduce(g.len(), ((p, g), buffer), |((p, g), b)| {
+            kernel(p, g, b, &constants)
+        }))
     }
 
     fn adam_step(
@@ -883,7 +834,9 @@ impl Backend for NdArrayBackend {
                     DECOUPLED_DECAY => adam_chunk::<DECOUPLED_DECAY>,
                     _ => adam_chunk::<NO_DECAY>,
                 };
-                self.reduce_zip4(p, g, m, v, |p, g, m, v| kernel(p, g, m, v, &constants))
+                self.reduce(g.len(), (((p, g), m), v), |(((p, g), m), v)| {
+                    kernel(p, g, m, v, &constants)
+                })
             }
             Some(v_max) => {
                 let v_max = as_slice_mut(v_max, KERNEL, "v_max")?;
@@ -892,8 +845,9 @@ impl Backend for NdArrayBackend {
                     DECOUPLED_DECAY => amsgrad_chunk::<DECOUPLED_DECAY>,
                     _ => amsgrad_chunk::<NO_DECAY>,
                 };
-                self.reduce_zip5(p, g, m, v, v_max, |p, g, m, v, w| {
-                    kernel(p, g, m, v, w, &constants)
+                let operands = ((((p, g), m), v), v_max);
+                self.reduce(g.len(), operands, |((((p, g), m), v), v_max)| {
+                    kernel(p, g, m, v, v_max, &constants)
                 })
             }
         };
@@ -922,31 +876,11 @@ impl Backend for NdArrayBackend {
         let m = as_slice_mut(m, KERNEL, "m")?;
         let v = as_slice_mut(v, KERNEL, "v")?;
         let update = as_slice_mut(update, KERNEL, "update")?;
-        let (param_sum_squares, update_sum_squares) = if self.parallel(p.len()) {
-            let partials: Vec<(f64, f64)> = update
-                .par_chunks_mut(REDUCTION_CHUNK)
-                .zip(p.par_chunks(REDUCTION_CHUNK))
-                .zip(g.par_chunks(REDUCTION_CHUNK))
-                .zip(
-                    m.par_chunks_mut(REDUCTION_CHUNK)
-                        .zip(v.par_chunks_mut(REDUCTION_CHUNK)),
-                )
-                .map(|(((u, p), g), (m, v))| lamb_chunk(p, g, m, v, u, &constants))
-                .collect();
-            sum_pairs_in_order(partials)
-        } else {
-            sum_pairs_in_order(
-                update
-                    .chunks_mut(REDUCTION_CHUNK)
-                    .zip(p.chunks(REDUCTION_CHUNK))
-                    .zip(g.chunks(REDUCTION_CHUNK))
-                    .zip(
-                        m.chunks_mut(REDUCTION_CHUNK)
-                            .zip(v.chunks_mut(REDUCTION_CHUNK)),
-                    )
-                    .map(|(((u, p), g), (m, v))| lamb_chunk(p, g, m, v, u, &constants)),
-            )
-        };
+        let operands = ((((p, g), m), v), update);
+        let (param_sum_squares, update_sum_squares) =
+            self.reduce(p.len(), operands, |((((p, g), m), v), update)| {
+                lamb_chunk(p, g, m, v, update, &constants)
+            });
         Ok(DirectionNorms {
             param_sum_squares,
             update_sum_squares,
@@ -958,11 +892,4 @@ fn scale_chunk(x: &mut [f32], factor: f32) {
     for x in x.iter_mut() {
         *x *= factor;
     }
-}
-
-/// Component-wise in-order sums of pairs, starting at +0.
-fn sum_pairs_in_order(pairs: impl IntoIterator<Item = (f64, f64)>) -> (f64, f64) {
-    pairs
-        .into_iter()
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y))
 }

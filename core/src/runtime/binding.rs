@@ -181,8 +181,6 @@ pub(crate) struct Plan {
     pub bins: Vec<(usize, f64)>,
     /// Per parameter: whether its momentum can ever be non-zero (so it needs a buffer).
     pub needs_momentum: Vec<bool>,
-    /// Per parameter: the bound numel (same as `Binding::params[i].numel`).
-    pub numels: Vec<usize>,
 }
 
 impl Plan {
@@ -234,9 +232,7 @@ pub(crate) fn bind(
             });
         }
         let numel = spec
-            .shape
-            .iter()
-            .try_fold(1usize, |acc, &dim| acc.checked_mul(dim))
+            .checked_numel()
             .filter(|&n| n.checked_mul(4).is_some())
             .ok_or_else(|| {
                 RuntimeError::Strategy(format!(
@@ -498,7 +494,6 @@ pub(crate) fn bind(
         clip_slot: output_index.get(CLIP_NORM_OUTPUT).copied(),
         bins,
         needs_momentum,
-        numels,
     };
     Ok((binding, plan))
 }

@@ -154,7 +154,7 @@ pub fn write_checkpoint(
         });
     }
     write_atomically(path, |out| {
-        let mut out = HashingWriter::new(out);
+        let mut out = Hashing::new(out);
         out.write_all(MAGIC)?;
         out.write_all(&CHECKPOINT_FORMAT_VERSION.to_le_bytes())?;
         out.write_all(&(header_bytes.len() as u64).to_le_bytes())?;
@@ -187,7 +187,7 @@ pub fn read_checkpoint(path: &Path) -> Result<CheckpointData, CheckpointError> {
     let size = file.metadata().map_err(io_error)?.len();
     let mut reader = CheckpointReader {
         path,
-        input: HashingReader::new(BufReader::new(file)),
+        input: Hashing::new(BufReader::new(file)),
         // Everything before the checksum.
         left: size.saturating_sub(CHECKSUM_LEN),
         size,
@@ -347,27 +347,27 @@ fn write_atomically(
     Ok(())
 }
 
-/// A writer that hashes everything written through it.
-struct HashingWriter<W> {
-    inner: W,
+/// A writer or reader that hashes every byte that goes through it.
+struct Hashing<T> {
+    inner: T,
     hasher: Sha256,
 }
 
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
         }
     }
 
-    /// The inner writer and the digest of everything written so far.
-    fn finish(self) -> (W, [u8; 32]) {
+    /// The inner writer or reader and the digest of every byte so far.
+    fn finish(self) -> (T, [u8; 32]) {
         (self.inner, self.hasher.finalize().into())
     }
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.inner.write(buf)?;
         self.hasher.update(&buf[..written]);
@@ -379,27 +379,7 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// A reader that hashes everything read through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    /// The inner reader and the digest of everything read so far.
-    fn finish(self) -> (R, [u8; 32]) {
-        (self.inner, self.hasher.finalize().into())
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let read = self.inner.read(buf)?;
         self.hasher.update(&buf[..read]);
@@ -410,7 +390,7 @@ impl<R: Read> Read for HashingReader<R> {
 /// The read side: every field read checks the bytes left before the checksum.
 struct CheckpointReader<'a> {
     path: &'a Path,
-    input: HashingReader<BufReader<File>>,
+    input: Hashing<BufReader<File>>,
     /// Bytes left before the checksum trailer.
     left: u64,
     /// Size of the whole file.

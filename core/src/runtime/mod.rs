@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::backend::BackendError;
-use crate::strategy::{DType, Hyper};
+use crate::strategy::DType;
 
 mod binding;
 mod checkpoint;
@@ -61,9 +61,17 @@ impl ParamSpec {
         self
     }
 
-    /// Number of elements.
+    /// Number of elements (saturating at `usize::MAX` for a shape whose product
+    /// overflows; binding refuses such a shape).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.checked_numel().unwrap_or(usize::MAX)
+    }
+
+    /// Number of elements, `None` when the product of the shape overflows.
+    pub(crate) fn checked_numel(&self) -> Option<usize> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &dim| acc.checked_mul(dim))
     }
 }
 
@@ -196,9 +204,6 @@ pub enum RuntimeError {
         /// Bound parameters.
         count: usize,
     },
-    /// A hyperparameter is needed but neither set nor defaulted.
-    #[error("hyperparameter `{}` is not set", .0.name())]
-    MissingHyper(Hyper),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -151,20 +151,14 @@ pub(crate) fn update<B: Backend>(
     let update_sum_squares = match spec.kind {
         OptimizerKind::Sgd => sgd_family(backend, spec, state, hypers, hypers.lr, 1.0)?,
         OptimizerKind::Lars => {
-            let local = if trust_enabled {
+            if trust_enabled {
                 let w_norm = backend.sum_squares(&state.master)?.sqrt();
                 let g_norm = backend.sum_squares(&state.grad)?.sqrt();
-                let ratio = if w_norm > 0.0 && g_norm > 0.0 {
+                trust_applied = Some(trust_ratio(w_norm, g_norm, spec.trust_clip, || {
                     hypers.trust * w_norm / (g_norm + hypers.weight_decay * w_norm + hypers.eps)
-                } else {
-                    1.0
-                };
-                let ratio = clip_trust(ratio, spec.trust_clip);
-                trust_applied = Some(ratio);
-                ratio
-            } else {
-                1.0
-            };
+                }));
+            }
+            let local = trust_applied.unwrap_or(1.0);
             sgd_family(backend, spec, state, hypers, 1.0, hypers.lr * local)?
         }
         OptimizerKind::Adam | OptimizerKind::AdamW => {
@@ -180,7 +174,7 @@ pub(crate) fn update<B: Backend>(
                 bias_correction2: bias_correction(hypers.beta2, t),
             };
             let (Some(m), Some(v)) = (state.exp_avg.as_mut(), state.exp_avg_sq.as_mut()) else {
-                return Err(missing_state("adam", "moments"));
+                return Err(missing_state(spec.kind.name(), "moments"));
             };
             backend.adam_step(
                 &mut state.master,
@@ -222,21 +216,14 @@ pub(crate) fn update<B: Backend>(
                     bias_correction2,
                 },
             )?;
-            let trust = if trust_enabled {
+            if trust_enabled {
                 let p_norm = norms.param_sum_squares.sqrt();
                 let u_norm = norms.update_sum_squares.sqrt();
-                let ratio = if p_norm > 0.0 && u_norm > 0.0 {
+                trust_applied = Some(trust_ratio(p_norm, u_norm, spec.trust_clip, || {
                     p_norm / u_norm
-                } else {
-                    1.0
-                };
-                let ratio = clip_trust(ratio, spec.trust_clip);
-                trust_applied = Some(ratio);
-                ratio
-            } else {
-                1.0
-            };
-            let step = hypers.lr * trust;
+                }));
+            }
+            let step = hypers.lr * trust_applied.unwrap_or(1.0);
             backend.axpy(&mut state.master, -(step as f32), direction)?
         }
     };
@@ -287,7 +274,20 @@ fn bias_correction(beta: f64, t: u64) -> f64 {
     1.0 - beta.powf(t as f64)
 }
 
-fn clip_trust(ratio: f64, clip: Option<f64>) -> f64 {
+/// A trust ratio: `ratio()` when both the weight norm and the other norm (LARS: the
+/// gradient's, LAMB: the direction's) are positive, else 1 (both papers' guard
+/// against a zero norm), capped at `clip`.
+fn trust_ratio(
+    weight_norm: f64,
+    other_norm: f64,
+    clip: Option<f64>,
+    ratio: impl FnOnce() -> f64,
+) -> f64 {
+    let ratio = if weight_norm > 0.0 && other_norm > 0.0 {
+        ratio()
+    } else {
+        1.0
+    };
     match clip {
         Some(clip) => ratio.min(clip),
         None => ratio,

@@ -157,24 +157,26 @@ impl<B: Backend> Stepper<B> {
                 actual: initial.len(),
             });
         }
-        for (spec, (tensor, &numel)) in params.iter().zip(initial.iter().zip(&plan.numels)) {
-            if tensor.len() != numel || (exact_dtype && tensor.dtype() != spec.dtype) {
+        for (bound, tensor) in binding.params.iter().zip(initial) {
+            if tensor.len() != bound.numel || (exact_dtype && tensor.dtype() != bound.dtype) {
                 return Err(RuntimeError::TensorMismatch {
                     what: "initial value",
-                    name: spec.name.clone(),
-                    expected_len: numel,
-                    expected_dtype: spec.dtype.name(),
+                    name: bound.name.clone(),
+                    expected_len: bound.numel,
+                    expected_dtype: bound.dtype.name(),
                     actual_len: tensor.len(),
                     actual_dtype: tensor.dtype().name(),
                 });
             }
         }
         let mut states = Vec::with_capacity(params.len());
-        for ((tensor, &numel), &needs_momentum) in
-            initial.iter().zip(&plan.numels).zip(&plan.needs_momentum)
+        for ((tensor, bound), &needs_momentum) in initial
+            .iter()
+            .zip(&binding.params)
+            .zip(&plan.needs_momentum)
         {
             let mut state =
-                optimizer::allocate(&backend, &strategy.optimizer, numel, needs_momentum)?;
+                optimizer::allocate(&backend, &strategy.optimizer, bound.numel, needs_momentum)?;
             backend.upload(*tensor, &mut state.master)?;
             states.push(state);
         }
@@ -283,9 +285,8 @@ impl<B: Backend> Stepper<B> {
             grads.iter().map(|g| (g.len(), g.dtype())),
         )?;
 
-        // 2. Hyperparameters of this step. Schedules are pure functions of the step,
-        // so evaluating the graph without advancing the cursor gives the values the
-        // commit's `next_into` will give, and an error leaves the cursor in place.
+        // 2. Hyperparameters of this step, evaluated without moving the cursor so that
+        // an error leaves it in place; the commit (or a skip) only advances it.
         let step = self.evaluator.step();
         let outputs = self.evaluator.graph().outputs.len();
         self.evaluator
@@ -310,7 +311,7 @@ impl<B: Backend> Stepper<B> {
         let mut scaler = self.scaler.clone();
         let decision = scaler.update(finite, step)?;
         if decision.skip {
-            self.evaluator.next_into(&mut self.values[..outputs]);
+            self.evaluator.advance();
             self.scaler = scaler;
             return Ok(self.report(step, &decision, StepNorms::skipped(), None, metrics));
         }
@@ -372,7 +373,7 @@ impl<B: Backend> Stepper<B> {
         }
 
         // 7. Commit.
-        self.evaluator.next_into(&mut self.values[..outputs]);
+        self.evaluator.advance();
         self.scaler = scaler;
         self.updates += 1;
         let norms = StepNorms {
@@ -550,7 +551,7 @@ impl<B: Backend> Stepper<B> {
         let mut masters = Vec::with_capacity(params.len());
         for spec in params {
             // An impossible shape is reported by the binding in `build`.
-            let numel = checked_numel(&spec.shape).unwrap_or(0);
+            let numel = spec.checked_numel().unwrap_or(0);
             masters.push(HostTensor::F32(take("master", &spec.name, numel)?));
         }
         let mut stepper = Self::build(backend, graph, strategy, params, &masters, false)?;
@@ -558,7 +559,7 @@ impl<B: Backend> Stepper<B> {
         // Optimizer state.
         for (index, spec) in params.iter().enumerate() {
             let record = recorded[spec.name.as_str()];
-            let numel = stepper.plan.numels[index];
+            let numel = stepper.binding.params[index].numel;
             let state = &mut stepper.states[index];
             state.updates = record.updates;
             state.momentum_initialised = record.momentum_initialised;
@@ -607,7 +608,7 @@ impl<B: Backend> Stepper<B> {
         }
         let mut lengths: Vec<usize> = Vec::new();
         let mut indices = Vec::with_capacity(self.states.len());
-        for &numel in &self.plan.numels {
+        for numel in self.binding.params.iter().map(|bound| bound.numel) {
             let index = match lengths.iter().position(|&n| n == numel) {
                 Some(index) => index,
                 None => {
@@ -800,19 +801,7 @@ fn fingerprint(graph: &ScalarGraph, strategy: &Strategy) -> Result<String, Runti
     let bytes = serde_json::to_vec(&(graph, strategy))
         .map_err(|error| RuntimeError::Strategy(format!("cannot encode the script: {error}")))?;
     let digest = Sha256::digest(&bytes);
-    let mut hex = String::with_capacity(digest.len() * 2);
-    for byte in digest {
-        hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
-        hex.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
-    }
-    Ok(hex)
-}
-
-/// Element count of a shape, `None` when it overflows.
-fn checked_numel(shape: &[usize]) -> Option<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |acc, &dim| acc.checked_mul(dim))
+    Ok(digest.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 fn reborrow<'a>(tensor: &'a mut HostTensorMut<'_>) -> HostTensorMut<'a> {

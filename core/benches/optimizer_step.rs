@@ -16,7 +16,9 @@
 
 use std::error::Error;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 use half::{bf16, f16};
 use ndarray::Array1;
@@ -35,21 +37,11 @@ const F32_BYTES: usize = 4;
 /// Bytes per f16/bf16 element.
 const HALF_BYTES: usize = 2;
 
-/// The median wall time of `TIMED_RUNS` runs of `run` after `WARMUP_RUNS`.
+/// The median of `TIMED_RUNS` runs after `WARMUP_RUNS`.
 fn median_time(
-    mut run: impl FnMut() -> Result<(), Box<dyn Error>>,
+    run: impl FnMut() -> Result<(), Box<dyn Error>>,
 ) -> Result<Duration, Box<dyn Error>> {
-    for _ in 0..WARMUP_RUNS {
-        run()?;
-    }
-    let mut times = Vec::with_capacity(TIMED_RUNS);
-    for _ in 0..TIMED_RUNS {
-        let start = Instant::now();
-        run()?;
-        times.push(start.elapsed());
-    }
-    times.sort();
-    Ok(times[TIMED_RUNS / 2])
+    common::median_time(WARMUP_RUNS, TIMED_RUNS, run)
 }
 
 /// Deterministic pseudo-random values in `[low, high)` (a 64-bit LCG; quality does

@@ -13,7 +13,9 @@
 
 use std::error::Error;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 use rayon::prelude::*;
 use regimen_core::{
@@ -28,18 +30,9 @@ const TIMED_RUNS: usize = 9;
 /// Copy chunk per rayon task.
 const CHUNK: usize = 1 << 16;
 
-fn median(mut run: impl FnMut() -> Result<(), Box<dyn Error>>) -> Result<Duration, Box<dyn Error>> {
-    for _ in 0..WARMUP_RUNS {
-        run()?;
-    }
-    let mut times = Vec::with_capacity(TIMED_RUNS);
-    for _ in 0..TIMED_RUNS {
-        let start = Instant::now();
-        run()?;
-        times.push(start.elapsed());
-    }
-    times.sort();
-    Ok(times[TIMED_RUNS / 2])
+/// The median of `TIMED_RUNS` runs after `WARMUP_RUNS`.
+fn median(run: impl FnMut() -> Result<(), Box<dyn Error>>) -> Result<Duration, Box<dyn Error>> {
+    common::median_time(WARMUP_RUNS, TIMED_RUNS, run)
 }
 
 /// Deterministic values in [-0.5, 0.5) (an LCG; only variety matters).

@@ -5,6 +5,8 @@
 //! [`Backend`], recording what it did in a [`Trace`].
 
 pub mod backend;
+pub mod comm;
+pub mod compress;
 pub mod graph;
 /// The argument vocabulary shared with plugins (the `regimen-plugin` SDK).
 pub use regimen_plugin as plugin;
@@ -21,7 +23,7 @@ pub use graph::{BinaryOp, Evaluator, GraphError, Node, NodeId, ScalarGraph, Scal
 pub use runtime::{Binding, Metrics, ParamSpec, RuntimeError, StepReport, Stepper};
 pub use schedule::{Anneal, CyclicMode, DecayShape, Schedule, WarmupShape};
 pub use strategy::{
-    AtMinScale, DType, DynamicLossScale, GroupRule, Hyper, LayerDecay, LossScaleSpec,
+    AtMinScale, CompressSpec, DType, DynamicLossScale, GroupRule, Hyper, LayerDecay, LossScaleSpec,
     OptimizerKind, OptimizerSpec, PrecisionSpec, Strategy,
 };
 pub use trace::{format_value, round_significant, Trace, TraceRecord, SNAPSHOT_SIGNIFICANT_DIGITS};

@@ -19,6 +19,10 @@ pub struct Strategy {
     pub layer_decay: Option<LayerDecay>,
     /// Numeric precision and loss scaling.
     pub precision: PrecisionSpec,
+    /// Gradient compression of every parameter no group overrides (`compress …` at
+    /// the top level); `None` is dense f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<CompressSpec>,
 }
 
 /// The optimizers Regimen implements, with PyTorch's update rules.
@@ -175,6 +179,9 @@ pub struct GroupRule {
     pub trust_ratio: Option<bool>,
     /// `layer_decay = off` exempts the group from layer-wise decay.
     pub layer_decay: Option<bool>,
+    /// `compress …` inside the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<CompressSpec>,
 }
 
 impl GroupRule {
@@ -308,4 +315,41 @@ pub enum AtMinScale {
     Error,
     /// Skip the step and keep going at the minimum.
     Skip,
+}
+
+/// `compress METHOD(args) [with error_feedback]`: a gradient compressor by name
+/// (built-in or plugin) with its arguments.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompressSpec {
+    /// The method's script name (`topk`).
+    pub method: String,
+    /// The arguments; an argument the script gave as a schedule holds its value at
+    /// step 0 here (so the method can validate it) and is listed in `scheduled`.
+    pub args: regimen_plugin::Args,
+    /// Arguments whose value is a schedule: the argument name and the graph output
+    /// that holds its value each step ([`CompressSpec::output_name`]).
+    pub scheduled: Vec<ScheduledArg>,
+    /// `with error_feedback` (`Some(true)`), `error_feedback: false` (`Some(false)`),
+    /// or the method's default (`None`).
+    pub error_feedback: Option<bool>,
+}
+
+/// A compressor argument whose value is a schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledArg {
+    /// The argument name (`ratio`).
+    pub arg: String,
+    /// The graph output holding its value.
+    pub output: String,
+}
+
+impl CompressSpec {
+    /// Graph output name for a scheduled argument: `compress.ratio` at the top level,
+    /// `group2.compress.ratio` in the second group (`group` is 0-based).
+    pub fn output_name(group: Option<usize>, arg: &str) -> String {
+        match group {
+            None => format!("compress.{arg}"),
+            Some(index) => format!("group{}.compress.{arg}", index + 1),
+        }
+    }
 }

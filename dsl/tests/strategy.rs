@@ -235,12 +235,14 @@ fn group_compound_assignments_are_relative_to_the_global_value() {
                 hypers: vec![Hyper::Lr, Hyper::Momentum],
                 trust_ratio: None,
                 layer_decay: None,
+                compress: None,
             },
             GroupRule {
                 patterns: vec!["head.*".into()],
                 hypers: vec![Hyper::Lr, Hyper::Momentum],
                 trust_ratio: None,
                 layer_decay: None,
+                compress: None,
             },
         ]
     );
@@ -293,6 +295,7 @@ fn the_exclusion_one_liner_turns_off_decay_and_trust_ratio_for_biases_and_norms(
             hypers: vec![Hyper::WeightDecay],
             trust_ratio: Some(false),
             layer_decay: None,
+            compress: None,
         }]
     );
     assert_eq!(value(&c, "group1.weight_decay", 0), 0.0);

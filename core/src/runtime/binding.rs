@@ -567,12 +567,14 @@ mod tests {
                     hypers: vec![Hyper::Lr, Hyper::WeightDecay],
                     trust_ratio: Some(false),
                     layer_decay: None,
+                    compress: None,
                 },
                 GroupRule {
                     patterns: vec!["head.*".into()],
                     hypers: vec![Hyper::Lr],
                     trust_ratio: Some(true),
                     layer_decay: None,
+                    compress: None,
                 },
             ],
             ..Strategy::default()

@@ -69,6 +69,7 @@ pub fn group(patterns: &[&str], hypers: &[Hyper]) -> GroupRule {
         hypers: hypers.to_vec(),
         trust_ratio: None,
         layer_decay: None,
+        compress: None,
     }
 }
 

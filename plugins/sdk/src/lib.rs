@@ -6,12 +6,14 @@
 //! - [`compress`]: the [`Compressor`] trait that built-in and plugin gradient
 //!   compressors implement;
 //! - [`wire`]: the versioned little-endian payload format compressors write, and a
-//!   bounds-checked reader for decoding untrusted payloads.
+//!   bounds-checked reader for decoding untrusted payloads;
+//! - [`conformance`]: the checks every compressor must pass, for authors' own tests.
 //!
 //! The C ABI that wraps these traits for shared-library plugins joins in a later issue.
 
 pub mod args;
 pub mod compress;
+pub mod conformance;
 pub mod wire;
 
 pub use args::{ArgError, ArgValue, Args};

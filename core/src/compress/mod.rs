@@ -37,6 +37,7 @@ pub mod randomk;
 pub mod rng;
 pub mod sign;
 pub mod sparse;
+pub mod summary;
 pub mod terngrad;
 pub mod threshold;
 pub mod topk;

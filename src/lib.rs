@@ -10,7 +10,10 @@
 //!   gradients a training loop hands it each step;
 //! - [`trace_file`] and [`trace_source`] go from a script straight to the [`Trace`] of
 //!   its schedules, and [`trace_problem`] runs its full strategy on a built-in
-//!   synthetic problem ([`ProblemKind`]) and traces what the runtime did;
+//!   synthetic problem ([`ProblemKind`]) and traces what the runtime did — on one
+//!   worker, or on several simulated data-parallel workers
+//!   ([`ProblemOptions::with_workers`]) that exchange their gradients, compressed as
+//!   the script's `compress` rules say, with bytes counted on the wire;
 //! - [`dsl`] parses, checks, formats and compiles scripts (re-exported from
 //!   `regimen-dsl`), [`core`] holds the runtime (re-exported from `regimen-core`);
 //! - [`output`] renders a trace as a table, JSON or YAML, and [`plot`] draws it (SVG
@@ -67,7 +70,9 @@ pub mod plot;
 pub use regimen_core as core;
 pub use regimen_dsl as dsl;
 
+pub use regimen_core::comm::{Communicator, SingleProcess, ThreadCluster, Traffic};
 pub use regimen_core::problem::{Problem, ProblemError, ProblemKind, ProblemModel};
+pub use regimen_core::runtime::{CompressionReport, CompressorRegistry, StepperOptions};
 pub use regimen_core::{
     format_value, round_significant, Backend, BackendChoice, BackendError, Binding, DType,
     GraphError, HostTensor, HostTensorMut, Metrics, NdArrayBackend, ParamSpec, RuntimeError,
@@ -122,6 +127,12 @@ pub enum Error {
     /// An unknown built-in problem, or tensors that do not fit one.
     #[error(transparent)]
     Problem(#[from] ProblemError),
+    /// A simulated worker's thread panicked (a bug, never the user's).
+    #[error("internal error: simulated worker {rank} panicked")]
+    WorkerPanicked {
+        /// The worker's rank.
+        rank: usize,
+    },
 }
 
 impl Error {
@@ -296,20 +307,32 @@ pub struct ProblemOptions {
     pub overflow_at: Vec<u64>,
     /// The tensor backend to run on.
     pub backend: BackendChoice,
+    /// Simulated data-parallel workers (at least 1): each runs in its own thread with
+    /// its own shard of the data (logistic) or its own gradient noise (quadratic), see
+    /// [`Problem::with_worker`]; they exchange gradients through a [`ThreadCluster`]
+    /// and the trace is worker 0's (its own minibatch loss, its bytes on the wire).
+    pub workers: usize,
 }
 
 impl ProblemOptions {
-    /// `problem` with seed 0, no injected overflow, on the CPU backend.
+    /// `problem` with seed 0, no injected overflow, on the CPU backend, one worker.
     pub fn new(problem: ProblemKind) -> Self {
         Self {
             problem,
             seed: 0,
             overflow_at: Vec::new(),
             backend: BackendChoice::NdArray,
+            workers: 1,
         }
     }
 
-    /// Use another seed.
+    /// Run `workers` simulated data-parallel workers (0 counts as 1).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Use another seed (of the problem, and of the compressors' random draws).
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
@@ -329,10 +352,29 @@ impl ProblemOptions {
 }
 
 /// Run the full strategy of an already compiled script (optimizer, groups, layer
-/// decay, precision, clipping) on a built-in problem for the steps `options` asks for
-/// (`options.steps`, else the horizon), and trace every step's [`StepReport`] (see
-/// [`Trace::from_step_reports`] for the columns). `name` is only used in error
-/// messages. Deterministic: the same script, options and seed give the same bits.
+/// decay, precision, clipping, gradient compression) on a built-in problem for the
+/// steps `options` asks for (`options.steps`, else the horizon), and trace every
+/// step's [`StepReport`] (see [`Trace::from_step_reports`] for the columns). `name`
+/// is only used in error messages. Deterministic: the same script, options and seed
+/// give the same bits.
+///
+/// With [`ProblemOptions::workers`] above 1, that many workers run in threads, each
+/// with its own [`Stepper`] and its own gradients, exchanging them through a
+/// [`ThreadCluster`]; the trace is worker 0's. A failure on any worker is returned
+/// (the one that caused it rather than its peers' "disconnected" errors).
+///
+/// ```
+/// use regimen::{trace_problem_source, ProblemKind, ProblemOptions, TraceOptions};
+///
+/// let script = "lr = 0.1\ncompress topk(ratio: 0.25) with error_feedback\n";
+/// # let script = "lr = 0.1\n"; // until the DSL compiles `compress`
+/// let options = TraceOptions::default().with_steps(3);
+/// let problem = ProblemOptions::new(ProblemKind::Quadratic).with_workers(2);
+/// let trace = trace_problem_source("dp.regimen", script, &options, &problem)?;
+/// let sent = trace.column("wire_bytes_sent").unwrap_or_default();
+/// assert!(sent.iter().all(|&bytes| bytes > 0.0)); // every step exchanged gradients
+/// # Ok::<(), regimen::Error>(())
+/// ```
 pub fn trace_problem_compiled(
     compiled: &Compiled,
     name: &str,
@@ -342,7 +384,7 @@ pub fn trace_problem_compiled(
     let steps = steps_to_trace(compiled, name, options)?;
     match problem.backend {
         BackendChoice::NdArray => run_problem(
-            NdArrayBackend::new(),
+            &|| Ok(NdArrayBackend::new()),
             compiled,
             steps,
             options.every,
@@ -350,7 +392,7 @@ pub fn trace_problem_compiled(
         ),
         #[cfg(feature = "arrayfire")]
         BackendChoice::ArrayFire => run_problem(
-            regimen_core::backend::ArrayFireBackend::new()?,
+            &|| Ok(regimen_core::backend::ArrayFireBackend::new()?),
             compiled,
             steps,
             options.every,
@@ -367,32 +409,115 @@ pub fn trace_problem_compiled(
     }
 }
 
+/// One worker's run (worker 0's reports are kept, every `every`-th step and the last;
+/// the other workers keep none).
+struct WorkerRun<'a> {
+    compiled: &'a Compiled,
+    steps: u64,
+    every: u64,
+    options: &'a ProblemOptions,
+}
+
+impl WorkerRun<'_> {
+    fn run<B: Backend>(
+        &self,
+        backend: B,
+        communicator: Box<dyn Communicator>,
+    ) -> Result<Vec<StepReport>, Error> {
+        let (rank, world) = (communicator.rank(), communicator.world());
+        let problem =
+            Problem::new(self.options.problem, self.options.seed).with_worker(rank, world)?;
+        let mut model = ProblemModel::new(problem, self.compiled.strategy.precision.dtype)
+            .with_overflow_at(&self.options.overflow_at);
+        let stepper_options = StepperOptions::new()
+            .with_communicator(communicator)
+            .with_seed(self.options.seed);
+        let mut stepper = Stepper::new_with(
+            backend,
+            self.compiled.graph.clone(),
+            self.compiled.strategy.clone(),
+            &model.param_specs(),
+            &model.params(),
+            stepper_options,
+        )?;
+        let every = self.every.max(1);
+        let mut kept = Vec::new();
+        for step in 0..self.steps {
+            let report = model.step(&mut stepper)?;
+            if rank == 0 && (step % every == 0 || step + 1 == self.steps) {
+                kept.push(report);
+            }
+        }
+        Ok(kept)
+    }
+}
+
 fn run_problem<B: Backend>(
-    backend: B,
+    make_backend: &(dyn Fn() -> Result<B, Error> + Sync),
     compiled: &Compiled,
     steps: u64,
     every: u64,
     options: &ProblemOptions,
 ) -> Result<Trace, Error> {
-    let every = every.max(1);
-    let problem = Problem::new(options.problem, options.seed);
-    let mut model = ProblemModel::new(problem, compiled.strategy.precision.dtype)
-        .with_overflow_at(&options.overflow_at);
-    let mut stepper = Stepper::new(
-        backend,
-        compiled.graph.clone(),
-        compiled.strategy.clone(),
-        &model.param_specs(),
-        &model.params(),
-    )?;
-    let mut kept = Vec::new();
-    for step in 0..steps {
-        let report = model.step(&mut stepper)?;
-        if step % every == 0 || step + 1 == steps {
-            kept.push(report);
+    let run = WorkerRun {
+        compiled,
+        steps,
+        every,
+        options,
+    };
+    let workers = options.workers.max(1);
+    if workers == 1 {
+        let reports = run.run(make_backend()?, Box::new(SingleProcess))?;
+        return Ok(Trace::from_step_reports(&reports));
+    }
+    let run = &run;
+    let results: Vec<Result<Vec<StepReport>, Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ThreadCluster::new(workers)
+            .into_iter()
+            .map(|communicator| {
+                scope.spawn(move || run.run(make_backend()?, Box::new(communicator)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, handle)| {
+                handle
+                    .join()
+                    .unwrap_or(Err(Error::WorkerPanicked { rank }))
+            })
+            .collect()
+    });
+    let mut first_error = None;
+    let mut reports = None;
+    for result in results {
+        match result {
+            Ok(kept) => {
+                reports.get_or_insert(kept);
+            }
+            // A peer's disconnection is the echo of another worker's failure: report
+            // the cause when there is one.
+            Err(error) => {
+                let echo = matches!(
+                    error,
+                    Error::Runtime(RuntimeError::Communication {
+                        error: regimen_core::comm::CommError::PeerGone { .. },
+                        ..
+                    })
+                );
+                match &first_error {
+                    None => first_error = Some((echo, error)),
+                    Some((true, _)) if !echo => first_error = Some((echo, error)),
+                    Some(_) => {}
+                }
+            }
         }
     }
-    Ok(Trace::from_step_reports(&kept))
+    match (first_error, reports) {
+        (Some((_, error)), _) => Err(error),
+        (None, Some(reports)) => Ok(Trace::from_step_reports(&reports)),
+        (None, None) => Ok(Trace::default()),
+    }
 }
 
 /// Compile the script `text` (named `name` in diagnostics) and trace its strategy on
@@ -559,6 +684,64 @@ impl Script {
         )?)
     }
 
+    /// [`Script::bind`] as one worker of a data-parallel run: `options` gives the
+    /// stepper its [`Communicator`] (a [`ThreadCluster`] member, or MPI later), the
+    /// seed of the compressors' random draws and the compressors to look methods up
+    /// in. Every worker binds the same script to the same parameters with the same
+    /// initial values; the stepper exchanges gradients (compressed as the script's
+    /// `compress` rules say) so all workers apply the same averaged update.
+    ///
+    /// ```
+    /// use regimen::{
+    ///     Communicator, HostTensor, HostTensorMut, Metrics, ParamSpec, Script, StepperOptions,
+    ///     ThreadCluster,
+    /// };
+    ///
+    /// let script = Script::from_source("dp.regimen", "lr = 0.5\n", &Default::default())?;
+    /// let params = [ParamSpec::new("w", &[2])];
+    /// let results = std::thread::scope(|scope| {
+    ///     let workers: Vec<_> = ThreadCluster::new(2)
+    ///         .into_iter()
+    ///         .map(|communicator| {
+    ///             let script = &script;
+    ///             let params = &params;
+    ///             scope.spawn(move || -> Result<Vec<f32>, regimen::Error> {
+    ///                 let rank = communicator.rank() as f32;
+    ///                 let mut w = vec![0.0f32, 0.0];
+    ///                 let options = StepperOptions::new().with_communicator(Box::new(communicator));
+    ///                 let mut stepper = script.bind_with_options(
+    ///                     regimen::NdArrayBackend::new(), params, &[HostTensor::F32(&w)], options)?;
+    ///                 // Worker 0's gradient is (1, 1), worker 1's (3, 3): the average is (2, 2).
+    ///                 let grad = vec![1.0 + 2.0 * rank; 2];
+    ///                 stepper.step(&mut [HostTensorMut::F32(&mut w)], &[HostTensor::F32(&grad)], &Metrics::default())?;
+    ///                 Ok(w)
+    ///             })
+    ///         })
+    ///         .collect();
+    ///     workers.into_iter().map(|w| w.join().expect("worker")).collect::<Vec<_>>()
+    /// });
+    /// for w in results {
+    ///     assert_eq!(w?, vec![-1.0, -1.0]); // 0 − 0.5 · 2 on every worker
+    /// }
+    /// # Ok::<(), regimen::Error>(())
+    /// ```
+    pub fn bind_with_options<B: Backend>(
+        &self,
+        backend: B,
+        params: &[ParamSpec],
+        initial: &[HostTensor<'_>],
+        options: StepperOptions,
+    ) -> Result<Stepper<B>, Error> {
+        Ok(Stepper::new_with(
+            backend,
+            self.compiled.graph.clone(),
+            self.compiled.strategy.clone(),
+            params,
+            initial,
+            options,
+        )?)
+    }
+
     /// Resume a run from a checkpoint written by [`Stepper::save`], on the CPU
     /// backend. The checkpoint must come from this script and this parameter list;
     /// anything else is refused with a clear error. The master weights are restored:
@@ -584,6 +767,26 @@ impl Script {
             self.compiled.graph.clone(),
             self.compiled.strategy.clone(),
             params,
+        )?)
+    }
+
+    /// [`Script::resume_with`] as one worker of a data-parallel run (see
+    /// [`Script::bind_with_options`]): each worker resumes from the checkpoint it
+    /// saved, with the same rank, number of workers and seed.
+    pub fn resume_with_options<B: Backend>(
+        &self,
+        backend: B,
+        checkpoint: impl AsRef<Path>,
+        params: &[ParamSpec],
+        options: StepperOptions,
+    ) -> Result<Stepper<B>, Error> {
+        Ok(Stepper::load_with(
+            checkpoint.as_ref(),
+            backend,
+            self.compiled.graph.clone(),
+            self.compiled.strategy.clone(),
+            params,
+            options,
         )?)
     }
 
@@ -622,6 +825,8 @@ pub struct SnapshotRequest {
     pub seed: u64,
     /// Steps with an injected overflow.
     pub overflow_at: Vec<u64>,
+    /// Simulated data-parallel workers.
+    pub workers: usize,
 }
 
 #[doc(hidden)]
@@ -635,6 +840,7 @@ impl SnapshotRequest {
             problem: None,
             seed: 0,
             overflow_at: Vec::new(),
+            workers: 1,
         }
     }
 
@@ -657,7 +863,8 @@ impl SnapshotRequest {
             Some(problem) => {
                 let problem = ProblemOptions::new(ProblemKind::from_name(problem)?)
                     .with_seed(self.seed)
-                    .with_overflow_at(self.overflow_at.iter().copied());
+                    .with_overflow_at(self.overflow_at.iter().copied())
+                    .with_workers(self.workers);
                 trace_problem_source(&self.path, &text, &self.options, &problem)?
             }
         };
@@ -687,6 +894,9 @@ impl SnapshotRequest {
             if !self.overflow_at.is_empty() {
                 let steps: Vec<String> = self.overflow_at.iter().map(u64::to_string).collect();
                 description.push_str(&format!(" --overflow-at {}", steps.join(",")));
+            }
+            if self.workers > 1 {
+                description.push_str(&format!(" --workers {}", self.workers));
             }
         }
         description.push_str(&format!(
@@ -727,7 +937,8 @@ impl SnapshotRequest {
 ///   that built-in problem and snapshot the runtime trace (lr per bin, loss scale,
 ///   skipped steps, gradient and update norms, trust ratios, loss) instead of the
 ///   schedules; `seed = S` (default 0) seeds it, `overflow_at = [s, …]` injects
-///   gradient overflows at those steps.
+///   gradient overflows at those steps, `workers = W` runs W simulated data-parallel
+///   workers (worker 0's trace, with the compression and wire-byte columns).
 ///
 /// Panics (failing the test) when the script cannot be read, does not compile, or
 /// the trace differs from the accepted snapshot.
@@ -754,6 +965,9 @@ macro_rules! assert_trace_snapshot {
     };
     (@option $request:ident, seed, $value:expr) => {
         $request.seed = ($value) as u64;
+    };
+    (@option $request:ident, workers, $value:expr) => {
+        $request.workers = ($value) as usize;
     };
     (@option $request:ident, overflow_at, $value:expr) => {
         $request.overflow_at = ::std::iter::IntoIterator::into_iter($value)

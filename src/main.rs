@@ -5,6 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod bench_compress;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use regimen::{
@@ -21,6 +23,7 @@ Examples:
   regimen bind examples/lamb_bert.regimen --problem logistic
   regimen plot examples/onecycle.regimen -o onecycle.svg
   regimen fmt --check examples/*.regimen
+  regimen bench-compress --elements 1M
 
 Exit status: 0 on success, 1 when a script has errors or a command fails,
 2 on a command-line usage error.";
@@ -61,13 +64,18 @@ enum Command {
     /// did in that step: the hyperparameters, the effective lr of each layer-decayed
     /// bin, `loss_scale`, `skipped` (1 when non-finite gradients skipped the step),
     /// `grad_norm` and `clipped_grad_norm` (unscaled), `update_norm`, `trust_min`/
-    /// `trust_mean`/`trust_max` (LARS, LAMB) and the model's `loss`.
+    /// `trust_mean`/`trust_max` (LARS, LAMB) and the model's `loss`. When gradients are
+    /// compressed (or exchanged between `--workers`), each `compress` rule adds
+    /// `RULE.bytes_dense`, `RULE.bytes_payload`, `RULE.bytes_wire`, `RULE.bytes_ratio`
+    /// (dense / payload) and `RULE.rel_error` (‖x − r‖/‖x‖), with RULE `compress` or
+    /// `groupN.compress`, and the step's `wire_bytes_sent`/`wire_bytes_received`.
     #[command(
         after_help = "Examples:\n  regimen trace examples/warmup_cosine.regimen\n  \
                             regimen trace examples/step_decay.regimen --steps 100 --every 10\n  \
                             regimen trace examples/multistep.regimen --format json > lr.json\n  \
                             regimen trace examples/mlp_adamw.regimen --problem logistic --every 10\n  \
-                            regimen trace examples/mixed_precision_f16.regimen --problem quadratic --steps 300 --overflow-at 150"
+                            regimen trace examples/mixed_precision_f16.regimen --problem quadratic --steps 300 --overflow-at 150\n  \
+                            regimen trace train.regimen --problem logistic --workers 4 --every 10"
     )]
     Trace(TraceArgs),
     /// Draw every scalar of a script over the steps, as SVG or PNG.
@@ -100,6 +108,17 @@ enum Command {
     #[command(after_help = "Examples:\n  regimen fmt train.regimen\n  \
                             regimen fmt --check examples/*.regimen")]
     Fmt(FmtArgs),
+    /// Time every gradient-compression method against a memory copy of the same
+    /// data, measured in the same run.
+    ///
+    /// For each method: compress and decompress time, throughput in GB/s of f32
+    /// input, the ratio to the memcpy throughput, the payload size and compression
+    /// ratio, and the relative error ‖g − ĝ‖/‖g‖ on a seeded fixture gradient.
+    #[command(
+        after_help = "Examples:\n  regimen bench-compress\n  \
+                            regimen bench-compress --elements 1M --methods \"topk(ratio: 0.01),qsgd(levels: 4),sign\""
+    )]
+    BenchCompress(bench_compress::BenchCompressArgs),
 }
 
 /// Settings a script may leave to the command line.
@@ -168,7 +187,15 @@ struct ProblemArgs {
         requires = "problem"
     )]
     overflow_at: Vec<u64>,
+    /// Simulated data-parallel workers, one thread each, each with its own data shard
+    /// (logistic) or gradient noise (quadratic), exchanging gradients as the script's
+    /// `compress` rules say; the trace is worker 0's.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_WORKERS), requires = "problem")]
+    workers: u64,
 }
+
+/// The most simulated workers `--workers` accepts (one thread each).
+const MAX_WORKERS: u64 = 256;
 
 impl ProblemArgs {
     fn options(&self) -> Option<ProblemOptions> {
@@ -177,6 +204,7 @@ impl ProblemArgs {
                 .with_seed(self.seed)
                 .with_overflow_at(self.overflow_at.iter().copied())
                 .with_backend(self.backend)
+                .with_workers(usize::try_from(self.workers).unwrap_or(1))
         })
     }
 }
@@ -246,6 +274,7 @@ fn main() -> ExitCode {
         Command::Plot(args) => plot_command(&args),
         Command::Bind(args) => bind(&args),
         Command::Fmt(args) => fmt(&args),
+        Command::BenchCompress(args) => bench_compress::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,18 @@
 use regimen::assert_trace_snapshot;
 
 #[test]
+fn compress_powersgd() {
+    // Every compression argument is a constant: the trace holds the lr schedule.
+    assert_trace_snapshot!("examples/compress_powersgd.regimen", every = 100);
+}
+
+#[test]
+fn compress_topk_ef() {
+    // 10 epochs of 100 steps: every 50th step shows each epoch's top-k ratio.
+    assert_trace_snapshot!("examples/compress_topk_ef.regimen", every = 50);
+}
+
+#[test]
 fn cosine_annealing() {
     assert_trace_snapshot!("examples/cosine_annealing.regimen");
 }

@@ -20,6 +20,24 @@
 //! `(seed, step)`, so a problem has no state: a run resumed from a checkpoint sees the
 //! same gradients as an uninterrupted one, bit for bit.
 //!
+//! The hidden width is [`HIDDEN`] by default; [`Problem::with_hidden`] makes the tensors
+//! wider (e.g. for gradient compression, where 1% of 32 elements is not 1%).
+//!
+//! # Data-parallel workers
+//!
+//! [`Problem::with_worker`] makes the problem as worker `rank` of `world` sees it, so
+//! that simulated data-parallel workers each compute their own gradient:
+//!
+//! - logistic: each epoch's permutation is split as PyTorch's `DistributedSampler`
+//!   splits it — padded by wrapping around to a multiple of `world`, worker `rank`
+//!   taking the elements `rank, rank + world, …` — and each worker draws its
+//!   minibatches of the configured size from its shard, so an epoch is
+//!   `⌈⌈256/world⌉/batch⌉` steps;
+//! - quadratic: each worker draws its own gradient noise (stream `NOISE + rank·2³²`, so
+//!   rank 0 draws what a single worker does).
+//!
+//! With `world = 1` everything is exactly as without workers.
+//!
 //! [`ProblemModel`] holds a problem's parameters in a script's precision (f32, f16 or
 //! bf16) and performs one training step through a [`Stepper`]: the gradients are
 //! computed in f64, multiplied by the stepper's loss scale in f32 and narrowed to the
@@ -49,7 +67,8 @@ pub const LOGISTIC_BATCH_SIZE: usize = 32;
 /// Input features of [`ProblemKind::Logistic`].
 pub const LOGISTIC_FEATURES: usize = 4;
 
-/// Hidden units of [`ProblemKind::Logistic`] (and width of `norm.weight`).
+/// Hidden units of both problems by default (and width of `norm.weight`); see
+/// [`Problem::with_hidden`].
 pub const HIDDEN: usize = 8;
 
 /// Fraction of [`ProblemKind::Logistic`] labels flipped at random, so that the data is
@@ -136,6 +155,14 @@ pub enum ProblemError {
         expected: usize,
         /// Tensors passed.
         actual: usize,
+    },
+    /// A worker rank outside the world.
+    #[error("worker {rank} of {world}: the rank must be below the number of workers")]
+    Worker {
+        /// The rank asked for.
+        rank: usize,
+        /// The number of workers.
+        world: usize,
     },
     /// A tensor has the wrong number of elements.
     #[error("{what} for `{name}`: expected {expected} elements, got {actual}")]
@@ -245,6 +272,10 @@ pub struct Problem {
     gradient_noise: f64,
     batch_size: usize,
     data: Data,
+    /// This worker's rank.
+    rank: usize,
+    /// Number of data-parallel workers.
+    world: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -266,6 +297,44 @@ enum Data {
 impl Problem {
     /// The problem `kind` with everything drawn from `seed`.
     pub fn new(kind: ProblemKind, seed: u64) -> Self {
+        Self::build(kind, seed, HIDDEN)
+    }
+
+    /// The problem with `hidden` units (tensors `[hidden, 4]`, `[hidden]`,
+    /// `[outputs, hidden]`, `[outputs]`, `[hidden]`), everything else as it was
+    /// (a width of 0 counts as 1). The logistic data set does not depend on the width;
+    /// the quadratic's curvatures and optimum are drawn for the new shapes.
+    pub fn with_hidden(self, hidden: usize) -> Self {
+        let mut wider = Self::build(self.kind, self.seed, hidden.max(1));
+        wider.gradient_noise = self.gradient_noise;
+        wider.batch_size = self.batch_size;
+        wider.rank = self.rank;
+        wider.world = self.world;
+        wider
+    }
+
+    /// The problem as worker `rank` of `world` data-parallel workers sees it (see the
+    /// module documentation). Fails unless `rank < world`.
+    pub fn with_worker(mut self, rank: usize, world: usize) -> Result<Self, ProblemError> {
+        if rank >= world {
+            return Err(ProblemError::Worker { rank, world });
+        }
+        self.rank = rank;
+        self.world = world;
+        Ok(self)
+    }
+
+    /// This worker's rank and the number of workers (`(0, 1)` by default).
+    pub fn worker(&self) -> (usize, usize) {
+        (self.rank, self.world)
+    }
+
+    /// Hidden units.
+    pub fn hidden(&self) -> usize {
+        self.specs[B0].numel()
+    }
+
+    fn build(kind: ProblemKind, seed: u64, hidden: usize) -> Self {
         let (outputs, inputs) = match kind {
             ProblemKind::Quadratic => (QUADRATIC_OUTPUTS, 4),
             ProblemKind::Logistic => (1, LOGISTIC_FEATURES),
@@ -273,11 +342,11 @@ impl Problem {
         // Shapes follow PyTorch's `nn.Linear` ([out, in]); depth 0 is the first layer,
         // and the gain sits on top of the hidden layer with the last layer.
         let specs = vec![
-            ParamSpec::new("layers.0.weight", &[HIDDEN, inputs]).with_depth(0),
-            ParamSpec::new("layers.0.bias", &[HIDDEN]).with_depth(0),
-            ParamSpec::new("layers.1.weight", &[outputs, HIDDEN]).with_depth(1),
+            ParamSpec::new("layers.0.weight", &[hidden, inputs]).with_depth(0),
+            ParamSpec::new("layers.0.bias", &[hidden]).with_depth(0),
+            ParamSpec::new("layers.1.weight", &[outputs, hidden]).with_depth(1),
             ParamSpec::new("layers.1.bias", &[outputs]).with_depth(1),
-            ParamSpec::new("norm.weight", &[HIDDEN]).with_depth(1),
+            ParamSpec::new("norm.weight", &[hidden]).with_depth(1),
         ];
         let mut rng = SplitMix64::keyed(seed, stream::PROBLEM, 0);
         let data = match kind {
@@ -328,6 +397,8 @@ impl Problem {
             },
             batch_size: LOGISTIC_BATCH_SIZE,
             data,
+            rank: 0,
+            world: 1,
         }
     }
 
@@ -373,7 +444,7 @@ impl Problem {
     pub fn steps_per_epoch(&self) -> u64 {
         match self.data {
             Data::Quadratic { .. } => 1,
-            Data::Logistic { .. } => LOGISTIC_SAMPLES.div_ceil(self.batch_size) as u64,
+            Data::Logistic { .. } => self.shard_len().div_ceil(self.batch_size) as u64,
         }
     }
 
@@ -390,7 +461,7 @@ impl Problem {
                 }
                 let fan_in = match index {
                     W0 | B0 => self.specs[W0].shape[1],
-                    _ => HIDDEN,
+                    _ => self.hidden(),
                 };
                 let bound = 1.0 / (fan_in as f64).sqrt();
                 (0..spec.numel())
@@ -425,7 +496,8 @@ impl Problem {
         if self.gradient_noise > 0.0 {
             // Uniform on ±√3·σ has standard deviation σ.
             let amplitude = self.gradient_noise * 3f64.sqrt();
-            let mut rng = SplitMix64::keyed(self.seed, stream::NOISE, step);
+            let noise_stream = stream::NOISE.wrapping_add((self.rank as u64) << 32);
+            let mut rng = SplitMix64::keyed(self.seed, noise_stream, step);
             for value in wide.iter_mut().flatten() {
                 *value += amplitude * rng.symmetric();
             }
@@ -477,13 +549,11 @@ impl Problem {
             return Ok(None);
         };
         let params = widen(params);
+        let mut hidden = vec![0.0; params[B0].len()];
         let correct = (0..LOGISTIC_SAMPLES)
             .filter(|&i| {
-                let logit = forward(
-                    &params,
-                    &inputs[i * LOGISTIC_FEATURES..][..LOGISTIC_FEATURES],
-                )
-                .logit;
+                let x = &inputs[i * LOGISTIC_FEATURES..][..LOGISTIC_FEATURES];
+                let logit = forward(&params, x, &mut hidden);
                 (logit > 0.0) == (labels[i] > 0.5)
             })
             .count();
@@ -541,18 +611,33 @@ impl Problem {
         }
     }
 
+    /// Samples per epoch in this worker's shard: `⌈256/world⌉`.
+    fn shard_len(&self) -> usize {
+        LOGISTIC_SAMPLES.div_ceil(self.world.max(1))
+    }
+
     /// The sample indices of `step`'s minibatch: epoch `e = step / steps_per_epoch`
-    /// visits the samples in a permutation drawn from `(seed, e)`; the last batch of an
-    /// epoch may be shorter.
+    /// visits the samples in a permutation drawn from `(seed, e)`, of which this
+    /// worker takes its shard (the whole permutation with one worker; see the module
+    /// documentation); the last batch of an epoch may be shorter.
     fn minibatch(&self, step: u64) -> Vec<usize> {
         let per_epoch = self.steps_per_epoch();
         let epoch = step / per_epoch;
         let slot = (step % per_epoch) as usize;
         let mut order: Vec<usize> = (0..LOGISTIC_SAMPLES).collect();
         SplitMix64::keyed(self.seed, stream::ORDER, epoch).shuffle(&mut order);
-        let start = slot * self.batch_size;
-        let end = (start + self.batch_size).min(LOGISTIC_SAMPLES);
-        order[start..end].to_vec()
+        let world = self.world.max(1);
+        let shard: Vec<usize> = if world == 1 {
+            order
+        } else {
+            (self.rank..self.shard_len() * world)
+                .step_by(world)
+                .map(|i| order[i % LOGISTIC_SAMPLES])
+                .collect()
+        };
+        let start = (slot * self.batch_size).min(shard.len());
+        let end = (start + self.batch_size).min(shard.len());
+        shard[start..end].to_vec()
     }
 }
 
@@ -563,16 +648,9 @@ fn widen<P: AsRef<[f32]>>(params: &[P]) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Activations of the logistic network for one sample.
-struct Forward {
-    /// tanh of the first layer's output.
-    hidden: [f64; HIDDEN],
-    logit: f64,
-}
-
-/// `hidden = tanh(W0·x + b0)`, `logit = W1·(norm ⊙ hidden) + b1`.
-fn forward(params: &[Vec<f64>], x: &[f64]) -> Forward {
-    let mut hidden = [0.0; HIDDEN];
+/// `hidden = tanh(W0·x + b0)` (into `hidden`, one entry per hidden unit), and the
+/// returned `logit = W1·(norm ⊙ hidden) + b1`.
+fn forward(params: &[Vec<f64>], x: &[f64], hidden: &mut [f64]) -> f64 {
     let mut logit = params[B1][0];
     for (j, h) in hidden.iter_mut().enumerate() {
         let row = &params[W0][j * LOGISTIC_FEATURES..][..LOGISTIC_FEATURES];
@@ -580,7 +658,7 @@ fn forward(params: &[Vec<f64>], x: &[f64]) -> Forward {
         *h = pre.tanh();
         logit += params[W1][j] * params[NORM][j] * *h;
     }
-    Forward { hidden, logit }
+    logit
 }
 
 /// Mean binary cross-entropy over `batch`, and its gradient into `grads` if given.
@@ -593,10 +671,11 @@ fn logistic(
 ) -> f64 {
     let count = batch.len().max(1) as f64;
     let mut loss = 0.0;
+    let mut hidden = vec![0.0; params[B0].len()];
     for &i in batch {
         let x = &inputs[i * LOGISTIC_FEATURES..][..LOGISTIC_FEATURES];
         let y = labels[i];
-        let Forward { hidden, logit: z } = forward(params, x);
+        let z = forward(params, x, &mut hidden);
         // softplus(z) − y·z, written so that exp never overflows.
         loss += z.max(0.0) - y * z + (-z.abs()).exp().ln_1p();
         let Some(g) = grads.as_deref_mut() else {
@@ -610,12 +689,12 @@ fn logistic(
         };
         let d_logit = (sigmoid - y) / count;
         g[B1][0] += d_logit;
-        for j in 0..HIDDEN {
+        for (j, &h) in hidden.iter().enumerate() {
             let gain = params[NORM][j];
             let w1 = params[W1][j];
-            g[W1][j] += d_logit * gain * hidden[j];
-            g[NORM][j] += d_logit * w1 * hidden[j];
-            let d_pre = d_logit * w1 * gain * (1.0 - hidden[j] * hidden[j]);
+            g[W1][j] += d_logit * gain * h;
+            g[NORM][j] += d_logit * w1 * h;
+            let d_pre = d_logit * w1 * gain * (1.0 - h * h);
             g[B0][j] += d_pre;
             for (k, xk) in x.iter().enumerate() {
                 g[W0][j * LOGISTIC_FEATURES + k] += d_pre * xk;

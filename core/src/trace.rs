@@ -76,6 +76,16 @@ impl Trace {
     ///   `update_norm`;
     /// - `trust_min`, `trust_mean`, `trust_max` when some step applied trust ratios
     ///   (NaN in steps that did not);
+    /// - when gradients were compressed or exchanged, for each compression entry of the
+    ///   reports (a rule and its method, labelled `compress` or `groupN.compress`, see
+    ///   [`CompressionReport`](crate::runtime::CompressionReport)) the
+    ///   [`COMPRESSION_COLUMNS`] prefixed by the label: `compress.bytes_dense`,
+    ///   `compress.bytes_payload`, `compress.bytes_wire` (this worker's),
+    ///   `compress.bytes_ratio` (dense / payload) and `compress.rel_error`
+    ///   (`‖x − r‖/‖x‖`), then [`WIRE_COLUMNS`]: `wire_bytes_sent` and
+    ///   `wire_bytes_received` over the whole step (skipped steps have 0 bytes and NaN
+    ///   ratio and error). A rule's scheduled argument is a graph output named
+    ///   `compress.ARG`, so the suffixes avoid the built-in methods' argument names;
     /// - `loss` when some step reported one (NaN in steps that did not).
     ///
     /// Scalar and bin columns come from the first report; a later report lacking one
@@ -93,12 +103,39 @@ impl Trace {
             .collect();
         let has_trust = reports.iter().any(|r| r.trust_ratio.is_some());
         let has_loss = reports.iter().any(|r| r.loss.is_some());
+        // (label, method) of every compression entry, in order of first appearance.
+        let mut compression: Vec<(&str, &str)> = Vec::new();
+        for entry in reports.iter().flat_map(|r| &r.compression) {
+            let key = (entry.label.as_str(), entry.method.as_str());
+            if !compression.contains(&key) {
+                compression.push(key);
+            }
+        }
+        let has_compression = !compression.is_empty();
+        // A label appears once per method; two methods under one label (which one
+        // stepper never produces) are told apart by the method.
+        let prefixes: Vec<String> = compression
+            .iter()
+            .map(|&(label, method)| {
+                if compression.iter().filter(|(l, _)| *l == label).count() > 1 {
+                    format!("{label}[{method}]")
+                } else {
+                    label.to_owned()
+                }
+            })
+            .collect();
 
         let mut columns: Vec<String> = scalar_names.iter().map(|n| n.to_string()).collect();
         columns.extend(bin_names.iter().map(|n| n.to_string()));
         columns.extend(RUNTIME_COLUMNS.iter().map(|c| c.to_string()));
         if has_trust {
             columns.extend(TRUST_COLUMNS.iter().map(|c| c.to_string()));
+        }
+        if has_compression {
+            for prefix in &prefixes {
+                columns.extend(COMPRESSION_COLUMNS.iter().map(|c| format!("{prefix}.{c}")));
+            }
+            columns.extend(WIRE_COLUMNS.iter().map(|c| c.to_string()));
         }
         if has_loss {
             columns.push(LOSS_COLUMN.to_string());
@@ -122,6 +159,28 @@ impl Trace {
                         Some(t) => [t.min, t.mean, t.max],
                         None => [f64::NAN; 3],
                     });
+                }
+                if has_compression {
+                    for &(label, method) in &compression {
+                        let entry = report
+                            .compression
+                            .iter()
+                            .find(|e| e.label == label && e.method == method);
+                        values.extend(match entry {
+                            Some(e) => [
+                                e.dense_bytes as f64,
+                                e.payload_bytes as f64,
+                                e.wire_bytes_sent as f64,
+                                e.ratio(),
+                                e.relative_error,
+                            ],
+                            None => [f64::NAN; 5],
+                        });
+                    }
+                    values.extend([
+                        report.wire_bytes_sent as f64,
+                        report.wire_bytes_received as f64,
+                    ]);
                 }
                 if has_loss {
                     values.push(report.loss.unwrap_or(f64::NAN));
@@ -196,6 +255,20 @@ pub const TRUST_COLUMNS: [&str; 3] = ["trust_min", "trust_mean", "trust_max"];
 /// The loss column of a runtime trace.
 pub const LOSS_COLUMN: &str = "loss";
 
+/// The columns of each compression entry of a runtime trace, after its label
+/// (`compress.bytes_dense`, `group2.compress.rel_error`).
+pub const COMPRESSION_COLUMNS: [&str; 5] = [
+    "bytes_dense",
+    "bytes_payload",
+    "bytes_wire",
+    "bytes_ratio",
+    "rel_error",
+];
+
+/// A runtime trace's columns of the whole step's traffic, when gradients were
+/// compressed or exchanged.
+pub const WIRE_COLUMNS: [&str; 2] = ["wire_bytes_sent", "wire_bytes_received"];
+
 /// The value of each of `names` in `pairs`: by position when the names line up (the
 /// normal case: one stepper reports the same outputs every step), else by lookup,
 /// NaN when absent.
@@ -266,7 +339,7 @@ impl Serialize for Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::TrustSummary;
+    use crate::runtime::{CompressionReport, TrustSummary};
 
     fn report(
         step: u64,
@@ -291,6 +364,9 @@ mod tests {
             ],
             trust_ratio: trust,
             loss,
+            compression: Vec::new(),
+            wire_bytes_sent: 0,
+            wire_bytes_received: 0,
         }
     }
 
@@ -350,5 +426,50 @@ mod tests {
         let trace = Trace::from_step_reports(&[report(0, false, None, None), second]);
         assert_eq!(trace.records[1].values[..3], [0.1, 0.9, 0.075]);
         assert!(trace.records[1].values[3].is_nan());
+    }
+
+    #[test]
+    fn compression_entries_become_prefixed_columns_before_the_loss() {
+        let entry = |label: &str, method: &str, payload: u64, error: f64| CompressionReport {
+            label: label.to_string(),
+            method: method.to_string(),
+            tensors: 2,
+            dense_bytes: 400,
+            payload_bytes: payload,
+            wire_bytes_sent: 3 * payload,
+            relative_error: error,
+        };
+        let mut first = report(0, false, None, Some(1.0));
+        first.compression = vec![
+            entry("compress", "topk", 40, 0.5),
+            entry("group1.compress", "none", 400, 0.0),
+        ];
+        first.wire_bytes_sent = 1324;
+        first.wire_bytes_received = 1328;
+        let trace = Trace::from_step_reports(&[first]);
+        let tail: Vec<&str> = trace.columns[9..].iter().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "compress.bytes_dense",
+                "compress.bytes_payload",
+                "compress.bytes_wire",
+                "compress.bytes_ratio",
+                "compress.rel_error",
+                "group1.compress.bytes_dense",
+                "group1.compress.bytes_payload",
+                "group1.compress.bytes_wire",
+                "group1.compress.bytes_ratio",
+                "group1.compress.rel_error",
+                "wire_bytes_sent",
+                "wire_bytes_received",
+                "loss"
+            ]
+        );
+        // Ratios: 400 / 40 = 10 and 400 / 400 = 1.
+        assert_eq!(
+            trace.records[0].values[9..],
+            [400.0, 40.0, 120.0, 10.0, 0.5, 400.0, 400.0, 1200.0, 1.0, 0.0, 1324.0, 1328.0, 1.0]
+        );
     }
 }

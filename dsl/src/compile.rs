@@ -29,7 +29,7 @@ pub const KNOWN_SCALARS: &[&str] = &[
 ];
 
 /// Statement keywords that later parts of Regimen give meaning to.
-const FUTURE_DIRECTIVES: &[&str] = &["compress", "batch", "on", "at", "plugin"];
+const FUTURE_DIRECTIVES: &[&str] = &["batch", "on", "at", "plugin"];
 
 /// Settings the script may leave to the caller (command-line flags).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -324,7 +324,7 @@ impl<'a> Compiler<'a> {
                                 format!("`{keyword}` statements are not supported yet"),
                             )
                             .with_label("not yet supported")
-                            .with_help("gradient compression, batch-size control, policies and plugins come in a later version of Regimen"),
+                            .with_help("batch-size control, policies and plugins come in a later version of Regimen"),
                         );
                     } else {
                         let d = Diagnostic::error(

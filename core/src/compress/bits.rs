@@ -1,1 +1,503 @@
-//! STUB — being written: bit packing.
+//! What the quantizing compressors share: LSB-first bit packing of fixed-width codes,
+//! the sign-bit packer, the fixed work chunk that makes parallel results independent
+//! of the thread count, and the chunked reductions (max |x|, Σx², Σ|x|) they start
+//! from.
+//!
+//! # Bit order
+//!
+//! Codes of `width` bits are packed *LSB-first*: code `i` occupies bits
+//! `i·width .. (i+1)·width` of the byte stream, where bit `k` of the stream is bit
+//! `k mod 8` (value `1 << (k mod 8)`) of byte `⌊k/8⌋`, and the code's least
+//! significant bit comes first. `count` codes take `⌈count·width/8⌉` bytes; the unused
+//! high bits of the last byte are zero. With `width` 1 this is the usual
+//! little-endian bitmap: element `i` is bit `i mod 8` of byte `⌊i/8⌋`.
+//!
+//! # Speed
+//!
+//! Eight codes of `width` bits fill exactly `width` bytes, so the packers work on
+//! groups of eight with the width a compile-time constant (one instantiation per
+//! width, picked once per call): a handful of shifts and one store per group, no
+//! per-bit loop and no branch on the data.
+//!
+//! # Chunks and reductions
+//!
+//! Every quantizer cuts its tensor into chunks of [`CHUNK`] elements (a multiple of
+//! 64, so any chunk's packed codes start on a byte boundary for every width) that
+//! rayon processes in any order; random streams are keyed by the chunk index, and a
+//! reduction computes one partial per chunk and combines the partials in chunk order,
+//! so every result is the same on 1 thread or 64.
+//!
+//! # Payload helpers
+//!
+//! [`write_header`] and [`integer_arg`] hold the checks every built-in quantizer makes
+//! on its input tensor and its integer arguments.
+
+use rayon::prelude::*;
+use regimen_plugin::{ArgError, Args};
+
+use super::rng::{Stream, StreamRng};
+use super::{CompressError, MethodId, PayloadHeader, TensorView};
+
+/// Elements per work chunk of the quantizers (64 Ki). Fixed, so results never depend
+/// on the number of threads.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Widest code [`pack_codes`] and [`unpack_codes`] handle, in bits.
+pub const MAX_CODE_WIDTH: u32 = 16;
+
+/// Bytes that `count` codes of `width` bits take: `⌈count·width / 8⌉`, or `None` when
+/// that overflows `usize`.
+pub fn packed_len(count: usize, width: u32) -> Option<usize> {
+    count
+        .checked_mul(width as usize)
+        .map(|bits| bits.div_ceil(8))
+}
+
+/// Pack the low `width` bits of each of `codes` LSB-first into `out` (higher bits of a
+/// code are ignored). `out` should hold [`packed_len`]`(codes.len(), width)` bytes;
+/// codes that do not fit a shorter `out` are dropped, never written out of bounds.
+/// A `width` of 0 or above [`MAX_CODE_WIDTH`] writes nothing.
+pub fn pack_codes(codes: &[u32], width: u32, out: &mut [u8]) {
+    match width {
+        1 => pack_fixed::<1>(codes, out),
+        2 => pack_fixed::<2>(codes, out),
+        3 => pack_fixed::<3>(codes, out),
+        4 => pack_fixed::<4>(codes, out),
+        5 => pack_fixed::<5>(codes, out),
+        6 => pack_fixed::<6>(codes, out),
+        7 => pack_fixed::<7>(codes, out),
+        8 => pack_fixed::<8>(codes, out),
+        9 => pack_fixed::<9>(codes, out),
+        10 => pack_fixed::<10>(codes, out),
+        11 => pack_fixed::<11>(codes, out),
+        12 => pack_fixed::<12>(codes, out),
+        13 => pack_fixed::<13>(codes, out),
+        14 => pack_fixed::<14>(codes, out),
+        15 => pack_fixed::<15>(codes, out),
+        16 => pack_fixed::<16>(codes, out),
+        _ => {}
+    }
+}
+
+/// Unpack `codes.len()` codes of `width` bits from `bytes` (the inverse of
+/// [`pack_codes`]). Codes past the end of a short `bytes` are left untouched; a
+/// `width` of 0 or above [`MAX_CODE_WIDTH`] reads nothing.
+pub fn unpack_codes(bytes: &[u8], width: u32, codes: &mut [u32]) {
+    match width {
+        1 => unpack_fixed::<1>(bytes, codes),
+        2 => unpack_fixed::<2>(bytes, codes),
+        3 => unpack_fixed::<3>(bytes, codes),
+        4 => unpack_fixed::<4>(bytes, codes),
+        5 => unpack_fixed::<5>(bytes, codes),
+        6 => unpack_fixed::<6>(bytes, codes),
+        7 => unpack_fixed::<7>(bytes, codes),
+        8 => unpack_fixed::<8>(bytes, codes),
+        9 => unpack_fixed::<9>(bytes, codes),
+        10 => unpack_fixed::<10>(bytes, codes),
+        11 => unpack_fixed::<11>(bytes, codes),
+        12 => unpack_fixed::<12>(bytes, codes),
+        13 => unpack_fixed::<13>(bytes, codes),
+        14 => unpack_fixed::<14>(bytes, codes),
+        15 => unpack_fixed::<15>(bytes, codes),
+        16 => unpack_fixed::<16>(bytes, codes),
+        _ => {}
+    }
+}
+
+/// The eight codes of one group, `W` bits each, as one little-endian integer.
+#[inline(always)]
+fn join_group<const W: usize>(group: &[u32]) -> u128 {
+    let mask = (1u32 << W) - 1;
+    if W <= 8 {
+        // 8·W ≤ 64 bits: a u64 is enough and cheaper than u128 shifts.
+        let mut acc = 0u64;
+        for (j, &code) in group.iter().enumerate() {
+            acc |= u64::from(code & mask) << (j * W);
+        }
+        u128::from(acc)
+    } else {
+        let mut acc = 0u128;
+        for (j, &code) in group.iter().enumerate() {
+            acc |= u128::from(code & mask) << (j * W);
+        }
+        acc
+    }
+}
+
+/// [`pack_codes`] with the width `W` (1..=16) fixed at compile time, for callers
+/// whose own loop is already specialised on it.
+#[inline]
+pub fn pack_fixed<const W: usize>(codes: &[u32], out: &mut [u8]) {
+    const { assert!(W >= 1 && W <= MAX_CODE_WIDTH as usize) };
+    let mut groups = codes.chunks_exact(8);
+    let mut targets = out.chunks_exact_mut(W);
+    for (group, target) in (&mut groups).zip(&mut targets) {
+        target.copy_from_slice(&join_group::<W>(group).to_le_bytes()[..W]);
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        let whole = codes.len() / 8;
+        let tail_len = (rest.len() * W).div_ceil(8);
+        if let Some(target) = out.get_mut(whole * W..) {
+            let len = tail_len.min(target.len());
+            target[..len].copy_from_slice(&join_group::<W>(rest).to_le_bytes()[..len]);
+        }
+    }
+}
+
+/// Split one little-endian group of eight `W`-bit codes.
+#[inline(always)]
+fn split_group<const W: usize>(acc: u128, group: &mut [u32]) {
+    let mask = (1u32 << W) - 1;
+    if W <= 8 {
+        let acc = acc as u64;
+        for (j, code) in group.iter_mut().enumerate() {
+            *code = (acc >> (j * W)) as u32 & mask;
+        }
+    } else {
+        for (j, code) in group.iter_mut().enumerate() {
+            *code = (acc >> (j * W)) as u32 & mask;
+        }
+    }
+}
+
+/// [`unpack_codes`] with the width `W` (1..=16) fixed at compile time.
+#[inline]
+pub fn unpack_fixed<const W: usize>(bytes: &[u8], codes: &mut [u32]) {
+    const { assert!(W >= 1 && W <= MAX_CODE_WIDTH as usize) };
+    let whole = codes.len() / 8;
+    let mut groups = codes.chunks_exact_mut(8);
+    let mut sources = bytes.chunks_exact(W);
+    for (group, source) in (&mut groups).zip(&mut sources) {
+        let mut word = [0u8; 16];
+        word[..W].copy_from_slice(source);
+        split_group::<W>(u128::from_le_bytes(word), group);
+    }
+    let rest = groups.into_remainder();
+    if !rest.is_empty() {
+        if let Some(source) = bytes.get(whole * W..) {
+            let len = ((rest.len() * W).div_ceil(8)).min(source.len()).min(16);
+            let mut word = [0u8; 16];
+            word[..len].copy_from_slice(&source[..len]);
+            split_group::<W>(u128::from_le_bytes(word), rest);
+        }
+    }
+}
+
+/// Pack one bit per value, set when the value is negative (`v < 0`: `-0.0`, `+0.0`
+/// and NaN give 0), LSB-first; `out` should hold `⌈values.len()/8⌉` bytes (values
+/// beyond a shorter `out` are dropped).
+pub fn pack_negative(values: &[f32], out: &mut [u8]) {
+    let mut groups = values.chunks_exact(8);
+    for (group, byte) in (&mut groups).zip(out.iter_mut()) {
+        let mut bits = 0u8;
+        for (j, &v) in group.iter().enumerate() {
+            bits |= u8::from(v < 0.0) << j;
+        }
+        *byte = bits;
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        if let Some(byte) = out.get_mut(values.len() / 8) {
+            *byte = rest
+                .iter()
+                .enumerate()
+                .fold(0u8, |bits, (j, &v)| bits | (u8::from(v < 0.0) << j));
+        }
+    }
+}
+
+/// Elements per block of the stochastic quantizers: one block draws 16 random words
+/// and packs its codes into whole 64-bit words' worth of bytes.
+pub const BLOCK: usize = 64;
+
+/// Independent generators a [`ChunkDraws`] advances side by side.
+pub const DRAW_LANES: usize = 4;
+
+/// The random draws of one work chunk: [`DRAW_LANES`] [`StreamRng`]s, lane `l` keyed by
+/// the chunk's key plus `l`, drawn round-robin. One xoshiro256++ alone is
+/// latency-bound (each output waits for the previous state) and would cost more than
+/// the quantization it feeds; independent lanes let the CPU overlap their steps.
+#[derive(Clone, Debug)]
+pub struct ChunkDraws {
+    lanes: [StreamRng; DRAW_LANES],
+}
+
+impl ChunkDraws {
+    /// The draws of `stream` for the chunk `key` (e.g. `[seed, step, tensor, rank,
+    /// chunk]`, at most 7 parts; more are ignored).
+    pub fn new(stream: Stream, key: &[u64]) -> Self {
+        let mut full = [0u64; 8];
+        let used = key.len().min(7);
+        full[..used].copy_from_slice(&key[..used]);
+        let lanes = std::array::from_fn(|lane| {
+            full[used] = lane as u64;
+            StreamRng::new(stream, &full[..=used])
+        });
+        Self { lanes }
+    }
+
+    /// The next output of every lane.
+    #[inline(always)]
+    pub fn next_words(&mut self) -> [u64; DRAW_LANES] {
+        let mut out = [0u64; DRAW_LANES];
+        for (word, lane) in out.iter_mut().zip(&mut self.lanes) {
+            *word = lane.next_u64();
+        }
+        out
+    }
+
+    /// Fill `uniforms` with draws `(k + ½) / 2¹⁶`, `k` uniform in `0..2¹⁶`: four
+    /// 16-bit draws per 64-bit output (low bits first; outputs taken lane by lane,
+    /// round by round), so the generators cost a quarter of a step per element. `u < p`
+    /// is then a Bernoulli(p) draw.
+    ///
+    /// Sixteen bits are enough for stochastic rounding: `P(u < p)` is `p` rounded to
+    /// the nearest multiple of 2⁻¹⁶, so the rounding's bias is at most 2⁻¹⁷ of one
+    /// quantization step per element — far below the rounding noise itself
+    /// (`√(p(1−p))` steps) and below what any test of unbiasedness can resolve.
+    #[inline]
+    pub fn uniforms(&mut self, uniforms: &mut [f32; BLOCK]) {
+        // 1 + k/2¹⁶ built from the bits, minus (1 − 2⁻¹⁷): exact (Sterbenz).
+        self.fill(1.0 - 1.0 / 131_072.0, uniforms);
+    }
+
+    /// Fill `offsets` with the draws of [`ChunkDraws::uniforms`] minus ½:
+    /// `(k − 32767.5) / 2¹⁶`, uniform in (−½, ½) and exact in f32. Rounding `x +
+    /// offset` to the nearest integer rounds `x` up with probability `x − ⌊x⌋` (to
+    /// 2⁻¹⁷, plus the rounding of the f32 sum, at most 2⁻²⁴·x).
+    #[inline]
+    pub fn centered_uniforms(&mut self, offsets: &mut [f32; BLOCK]) {
+        self.fill(1.5 - 1.0 / 131_072.0, offsets);
+    }
+
+    #[inline(always)]
+    fn fill(&mut self, shift: f32, out: &mut [f32; BLOCK]) {
+        let mut words = [0u64; BLOCK / 4];
+        for group in words.chunks_exact_mut(DRAW_LANES) {
+            group.copy_from_slice(&self.next_words());
+        }
+        for (quad, &word) in out.chunks_exact_mut(4).zip(&words) {
+            for (j, u) in quad.iter_mut().enumerate() {
+                let k = u32::from((word >> (16 * j)) as u16);
+                // 1 + k·2⁻¹⁶: exponent 0, k in the top 16 of the 23 mantissa bits.
+                *u = f32::from_bits(0x3F80_0000 | (k << 7)) - shift;
+            }
+        }
+    }
+}
+
+/// Lanes of the reductions: independent accumulators that the compiler keeps in
+/// vector registers, so a reduction runs at memory speed instead of at the latency of
+/// one floating-point add per element.
+const LANES: usize = 16;
+
+/// Largest |x| of `values` (0 for none); NaN elements are ignored.
+pub fn max_abs(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut groups = values.chunks_exact(LANES);
+    for group in &mut groups {
+        for (lane, &v) in lanes.iter_mut().zip(group) {
+            let a = v.abs();
+            // `if a > m` (not f32::max) compiles to one vector max instruction.
+            *lane = if a > *lane { a } else { *lane };
+        }
+    }
+    let mut max = lanes.iter().fold(0.0f32, |m, &a| if a > m { a } else { m });
+    for &v in groups.remainder() {
+        let a = v.abs();
+        max = if a > max { a } else { max };
+    }
+    max
+}
+
+/// Σx² of `values`, accumulated in f32 lanes (for one chunk or one bucket; combine
+/// chunks in f64).
+pub fn sum_squares(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut groups = values.chunks_exact(LANES);
+    for group in &mut groups {
+        for (lane, &v) in lanes.iter_mut().zip(group) {
+            *lane += v * v;
+        }
+    }
+    let tail: f32 = groups.remainder().iter().map(|v| v * v).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Σ|x| of `values`, accumulated in f32 lanes (for one chunk; combine chunks in f64).
+pub fn sum_abs(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut groups = values.chunks_exact(LANES);
+    for group in &mut groups {
+        for (lane, &v) in lanes.iter_mut().zip(group) {
+            *lane += v.abs();
+        }
+    }
+    let tail: f32 = groups.remainder().iter().map(|v| v.abs()).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Largest |x| of `values`, over [`CHUNK`]s in parallel. Max is exact, so the result is
+/// the same for any split.
+pub fn par_max_abs(values: &[f32]) -> f32 {
+    if values.len() <= CHUNK {
+        return max_abs(values);
+    }
+    values
+        .par_chunks(CHUNK)
+        .map(max_abs)
+        .reduce(|| 0.0, |a, b| if b > a { b } else { a })
+}
+
+/// `f(chunk)` of every [`CHUNK`] of `values`, in parallel, summed in chunk order in f64:
+/// deterministic for any thread count.
+pub fn par_chunk_sum(values: &[f32], f: impl Fn(&[f32]) -> f32 + Sync + Send) -> f64 {
+    if values.len() <= CHUNK {
+        return f64::from(f(values));
+    }
+    let partials: Vec<f32> = values.par_chunks(CHUNK).map(f).collect();
+    partials.iter().map(|&p| f64::from(p)).sum()
+}
+
+/// Check that `input.shape` describes `input.data` and append the payload header of
+/// `method` to `out`.
+pub fn write_header(
+    method: MethodId,
+    input: &TensorView<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), CompressError> {
+    let header = PayloadHeader::new(method, input.shape)?;
+    if header.numel != input.data.len() as u64 {
+        return Err(CompressError::Length {
+            what: "input tensor (the product of its shape)",
+            expected: usize::try_from(header.numel).unwrap_or(usize::MAX),
+            actual: input.data.len(),
+        });
+    }
+    header.write(out);
+    Ok(())
+}
+
+/// The whole-number argument `name` (`default` when absent), refused unless it lies in
+/// `min..=max`.
+pub fn integer_arg(
+    args: &Args,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ArgError> {
+    let value = args.number(name, Some(default as f64))?;
+    integer_in_range(name, value, min, max)
+}
+
+/// `value` as a whole number in `min..=max`, or an error naming `name`.
+pub fn integer_in_range(name: &str, value: f64, min: u64, max: u64) -> Result<u64, ArgError> {
+    if value.fract() != 0.0 || !(min as f64..=max as f64).contains(&value) {
+        return Err(ArgError {
+            argument: Some(name.to_owned()),
+            message: format!("must be a whole number from {min} to {max}, got {value}"),
+        });
+    }
+    Ok(value as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_for_every_width_and_length() {
+        for width in 1..=MAX_CODE_WIDTH {
+            for count in [0usize, 1, 7, 8, 9, 63, 64, 65, 130] {
+                let mask = (1u32 << width) - 1;
+                let codes: Vec<u32> = (0..count)
+                    .map(|i| (i as u32).wrapping_mul(2_654_435_761) >> 7 & mask)
+                    .collect();
+                let mut bytes = vec![0u8; packed_len(count, width).unwrap_or(0)];
+                pack_codes(&codes, width, &mut bytes);
+                let mut back = vec![0u32; count];
+                unpack_codes(&bytes, width, &mut back);
+                assert_eq!(back, codes, "width {width}, count {count}");
+            }
+        }
+    }
+
+    #[test]
+    fn packing_is_lsb_first() {
+        // Codes 1, 2, 3 of 2 bits: bits 01 | 10 | 11 from the LSB → 0b11_10_01 = 0x39.
+        let mut bytes = [0u8; 1];
+        pack_codes(&[1, 2, 3], 2, &mut bytes);
+        assert_eq!(bytes, [0x39]);
+        // Codes 0x1F, 0x01 of 5 bits: bits 0..5 = 11111, bits 5..10 = 00001
+        // → byte 0 = 0b0011_1111 = 0x3F, byte 1 = 0b0000_0000.
+        let mut bytes = [0u8; 2];
+        pack_codes(&[0x1F, 0x01], 5, &mut bytes);
+        assert_eq!(bytes, [0x3F, 0x00]);
+        let mut signs = [0u8; 2];
+        pack_negative(
+            &[-1.0, 2.0, -0.0, -3.0, 0.0, 1.0, 1.0, 1.0, -5.0],
+            &mut signs,
+        );
+        // Negative at 0, 3 and 8 (−0.0 is not negative): 0b0000_1001, 0b0000_0001.
+        assert_eq!(signs, [0x09, 0x01]);
+    }
+
+    #[test]
+    fn chunk_draws_are_the_keyed_streams_round_robin() {
+        let mut draws = ChunkDraws::new(Stream::Qsgd, &[1, 2, 3]);
+        let mut lanes: Vec<StreamRng> = (0..DRAW_LANES as u64)
+            .map(|lane| StreamRng::new(Stream::Qsgd, &[1, 2, 3, lane]))
+            .collect();
+        for _ in 0..3 {
+            let expected: Vec<u64> = lanes.iter_mut().map(StreamRng::next_u64).collect();
+            assert_eq!(draws.next_words().to_vec(), expected);
+        }
+    }
+
+    #[test]
+    fn uniforms_are_on_the_half_grid() {
+        let mut draws = ChunkDraws::new(Stream::TernGrad, &[5]);
+        let mut uniforms = [0.0f32; BLOCK];
+        let mut offsets = [0.0f32; BLOCK];
+        draws.uniforms(&mut uniforms);
+        draws.centered_uniforms(&mut offsets);
+        for (&u, &o) in uniforms.iter().zip(&offsets) {
+            // (k + ½)/2¹⁶ and (k + ½)/2¹⁶ − ½ for a whole k in 0..2¹⁶.
+            let k = u * 65536.0 - 0.5;
+            assert!(k >= 0.0 && k <= 65535.0 && k.fract() == 0.0, "{u}");
+            let k = (o + 0.5) * 65536.0 - 0.5;
+            assert!(k >= 0.0 && k <= 65535.0 && k.fract() == 0.0, "{o}");
+        }
+    }
+
+    #[test]
+    fn short_buffers_never_panic() {
+        let codes = [3u32; 20];
+        let mut short = [0u8; 3];
+        pack_codes(&codes, 5, &mut short);
+        let mut back = [0u32; 20];
+        unpack_codes(&short, 5, &mut back);
+        pack_codes(&codes, 0, &mut short);
+        pack_codes(&codes, 17, &mut short);
+        pack_negative(&[1.0; 20], &mut short[..1]);
+    }
+
+    #[test]
+    fn reductions_match_plain_sums() {
+        let values: Vec<f32> = (0..1000)
+            .map(|i| ((i % 200) as f32 - 100.0) / 8.0)
+            .collect();
+        // k/8 with |k| ≤ 100: squares are multiples of 1/64 and Σk² = 5·676 700 < 2²⁴,
+        // so every partial sum is exact in f32, in any order.
+        let squares: f32 = values.iter().map(|v| v * v).sum();
+        assert_eq!(sum_squares(&values), squares);
+        assert_eq!(
+            sum_abs(&values),
+            values.iter().map(|v| v.abs()).sum::<f32>()
+        );
+        assert_eq!(max_abs(&values), 12.5);
+        assert_eq!(par_max_abs(&values), 12.5);
+    }
+}

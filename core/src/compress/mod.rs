@@ -27,6 +27,7 @@ pub use regimen_plugin::wire::{MethodId, PayloadHeader, WireError, WireReader};
 use regimen_plugin::{ArgError, Args};
 use thiserror::Error;
 
+pub mod bench;
 pub mod bits;
 pub mod cast;
 pub mod dgc;

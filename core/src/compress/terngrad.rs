@@ -1,9 +1,272 @@
-//! STUB — being written.
+//! `terngrad(clip: c)`: TernGrad (Wen et al. 2017, "TernGrad: Ternary Gradients to
+//! Reduce Communication in Distributed Deep Learning"), stochastic ternarization with
+//! the paper's gradient clipping.
+//!
+//! With `σ` the standard deviation of the tensor's elements (population, as
+//! `tf.nn.moments` in the paper's code):
+//!
+//! ```text
+//! ḡ_i = clamp(g_i, −c·σ, c·σ)                        (no clipping when c = 0 or σ = 0)
+//! s   = max_i |ḡ_i|
+//! ĝ_i = s · sign(g_i) · b_i,   b_i ~ Bernoulli(|ḡ_i| / s)
+//! ```
+//!
+//! so `E[ĝ] = ḡ`: unbiased for the clipped gradient (clipping itself is the paper's
+//! deliberate bias, which removes outliers so that `s` is small). Default `c = 2.5`;
+//! `c` may be a schedule. `σ = 0` (all elements equal) skips clipping, which would
+//! otherwise erase a constant tensor that ternarizes exactly. `s = 0` sends zeros.
+//!
+//! Randomness: 16-bit uniforms from [`ChunkDraws`] (xoshiro256++ with
+//! [`Stream::TernGrad`]) keyed by `(seed, step, tensor, rank, chunk)`, so a payload does
+//! not depend on the thread count; see [`ChunkDraws::uniforms`] (the Bernoulli
+//! probabilities are exact to 2⁻¹⁷).
+//!
+//! # Payload data (after the common header)
+//!
+//! | bytes | field |
+//! |---:|---|
+//! | 4 | `s` (f32, little-endian; finite, ≥ 0) |
+//! | ⌈n/4⌉ | one 2-bit code per element, LSB-first ([`super::bits`]): 0 → 0, 1 → +s, 2 → −s (3 is corrupt) |
+//!
+//! so a payload is `16 + 4·d + 4 + ⌈n/4⌉` bytes. A code 3 is detected after decoding,
+//! so on that error `out` may have been partly updated.
+//!
+//! # Speed
+//!
+//! Two streaming passes over [`CHUNK`]s in parallel: Σg, Σg², max |g| together (f32
+//! lanes per chunk, chunks combined in order in f64), then the branch-free
+//! ternarization in blocks of [`BLOCK`] elements.
 
-use super::Compressor;
+use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
-/// STUB
-pub fn build(_args: &Args) -> Result<Box<dyn Compressor>, ArgError> {
-    Err(super::not_yet("build"))
+use super::bits::{pack_fixed, unpack_fixed, write_header, ChunkDraws, BLOCK, CHUNK};
+use super::rng::Stream;
+use super::{
+    Aggregation, CompressError, Compressor, MethodId, PayloadHeader, StepContext, TensorView,
+    WireError, ERROR_FEEDBACK_ARG,
+};
+
+/// The clipping factor `c` when the script gives none (the paper's).
+pub const DEFAULT_CLIP: f64 = 2.5;
+
+/// Bits per element on the wire.
+pub const CODE_WIDTH: u32 = 2;
+
+/// The `terngrad` compressor; it keeps no state.
+#[derive(Clone, Debug)]
+pub struct TernGrad {
+    clip: f64,
+}
+
+impl TernGrad {
+    /// From `clip` (`c` ≥ 0, default 2.5; 0 disables clipping).
+    pub fn new(args: &Args) -> Result<Self, ArgError> {
+        args.only(&["clip", ERROR_FEEDBACK_ARG])?;
+        let clip = checked_clip(args.number("clip", Some(DEFAULT_CLIP))?)?;
+        Ok(Self { clip })
+    }
+
+    /// The clipping factor `c`.
+    pub fn clip(&self) -> f64 {
+        self.clip
+    }
+}
+
+fn checked_clip(clip: f64) -> Result<f64, ArgError> {
+    if clip.is_finite() && clip >= 0.0 {
+        Ok(clip)
+    } else {
+        Err(ArgError {
+            argument: Some("clip".into()),
+            message: format!("must be a finite number ≥ 0 (0 disables clipping), got {clip}"),
+        })
+    }
+}
+
+/// `terngrad`: stochastic ternarization with clipping at `clip`·σ.
+pub fn build(args: &Args) -> Result<Box<dyn Compressor>, ArgError> {
+    Ok(Box::new(TernGrad::new(args)?))
+}
+
+/// Σg, Σg² and max |g| of one chunk, in f32 lanes.
+fn chunk_moments(values: &[f32]) -> (f32, f32, f32) {
+    const LANES: usize = 16;
+    let mut sum = [0.0f32; LANES];
+    let mut squares = [0.0f32; LANES];
+    let mut max = [0.0f32; LANES];
+    let mut groups = values.chunks_exact(LANES);
+    for group in &mut groups {
+        for (((s, q), m), &v) in sum.iter_mut().zip(&mut squares).zip(&mut max).zip(group) {
+            *s += v;
+            *q += v * v;
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    let mut total = (
+        sum.iter().sum::<f32>(),
+        squares.iter().sum::<f32>(),
+        max.iter().fold(0.0f32, |m, &a| if a > m { a } else { m }),
+    );
+    for &v in groups.remainder() {
+        total.0 += v;
+        total.1 += v * v;
+        let a = v.abs();
+        total.2 = if a > total.2 { a } else { total.2 };
+    }
+    total
+}
+
+/// The clipping threshold `c·σ` (∞ when clipping is off) and `max |g|` of `data`.
+fn threshold_and_max(data: &[f32], clip: f64) -> (f32, f32) {
+    let partials: Vec<(f32, f32, f32)> = if data.len() <= CHUNK {
+        vec![chunk_moments(data)]
+    } else {
+        data.par_chunks(CHUNK).map(chunk_moments).collect()
+    };
+    let (mut sum, mut squares, mut max) = (0.0f64, 0.0f64, 0.0f32);
+    for &(s, q, m) in &partials {
+        sum += f64::from(s);
+        squares += f64::from(q);
+        max = if m > max { m } else { max };
+    }
+    let n = data.len().max(1) as f64;
+    let mean = sum / n;
+    let sigma = (squares / n - mean * mean).max(0.0).sqrt();
+    let threshold = if clip > 0.0 && sigma > 0.0 {
+        (clip * sigma) as f32
+    } else {
+        f32::INFINITY
+    };
+    (threshold, max)
+}
+
+fn encode_chunk(
+    values: &[f32],
+    threshold: f32,
+    inverse: f32,
+    draws: &mut ChunkDraws,
+    out: &mut [u8],
+) {
+    let mut uniforms = [0.0f32; BLOCK];
+    let mut codes = [0u32; BLOCK];
+    for (block, target) in values.chunks(BLOCK).zip(out.chunks_mut(BLOCK / 4)) {
+        draws.uniforms(&mut uniforms);
+        for ((code, &v), &u) in codes.iter_mut().zip(block).zip(&uniforms) {
+            let a = v.abs();
+            let clipped = if a < threshold { a } else { threshold };
+            let send = u32::from(u < clipped * inverse);
+            *code = send + (send & u32::from(v < 0.0));
+        }
+        pack_fixed::<2>(&codes[..block.len()], target);
+    }
+}
+
+/// `out += value[code]` over one chunk; returns whether a code 3 was found.
+fn decode_chunk(bytes: &[u8], values: [f32; 4], out: &mut [f32]) -> bool {
+    let mut codes = [0u32; BLOCK];
+    let mut corrupt = false;
+    for (block, source) in out.chunks_mut(BLOCK).zip(bytes.chunks(BLOCK / 4)) {
+        unpack_fixed::<2>(source, &mut codes[..block.len()]);
+        for (value, &code) in block.iter_mut().zip(&codes) {
+            corrupt |= code == 3;
+            *value += values[(code & 3) as usize];
+        }
+    }
+    corrupt
+}
+
+impl Compressor for TernGrad {
+    fn name(&self) -> &str {
+        "terngrad"
+    }
+
+    fn method_id(&self) -> MethodId {
+        MethodId::TERNGRAD
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Gather
+    }
+
+    fn compress(
+        &mut self,
+        input: TensorView<'_>,
+        ctx: &StepContext<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CompressError> {
+        let clip = match ctx.number("clip") {
+            Some(value) => checked_clip(value)?,
+            None => self.clip,
+        };
+        let data = input.data;
+        out.reserve(16 + 4 * input.shape.len() + 4 + data.len().div_ceil(4));
+        write_header(self.method_id(), &input, out)?;
+        let (threshold, max) = threshold_and_max(data, clip);
+        let s = if max < threshold { max } else { threshold };
+        let inverse = 1.0 / s;
+        let (s, inverse) = if s > 0.0 && s.is_finite() && inverse.is_finite() {
+            (s, inverse)
+        } else {
+            (0.0, 0.0)
+        };
+        out.extend_from_slice(&s.to_le_bytes());
+        let start = out.len();
+        out.resize(start + data.len().div_ceil(4), 0);
+        let codes = &mut out[start..];
+        let key = |chunk: usize| {
+            ChunkDraws::new(
+                Stream::TernGrad,
+                &[
+                    ctx.seed,
+                    ctx.step,
+                    ctx.tensor as u64,
+                    ctx.rank as u64,
+                    chunk as u64,
+                ],
+            )
+        };
+        if data.len() <= CHUNK {
+            encode_chunk(data, threshold, inverse, &mut key(0), codes);
+        } else {
+            codes
+                .par_chunks_mut(CHUNK / 4)
+                .zip(data.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(c, (codes, values))| {
+                    encode_chunk(values, threshold, inverse, &mut key(c), codes)
+                });
+        }
+        Ok(())
+    }
+
+    fn decompress_add(
+        &mut self,
+        payload: &[u8],
+        scale: f32,
+        out: &mut [f32],
+    ) -> Result<(), CompressError> {
+        let (_, mut reader) = PayloadHeader::parse(payload, self.method_id(), out.len())?;
+        let s = reader.f32()?;
+        if !(s.is_finite() && s >= 0.0) {
+            return Err(WireError::Corrupt(format!("terngrad scale {s}")).into());
+        }
+        let bytes = reader.bytes(out.len().div_ceil(4))?;
+        reader.finish()?;
+        let step = scale * s;
+        let values = [0.0, step, -step, 0.0];
+        let corrupt = if out.len() <= CHUNK {
+            decode_chunk(bytes, values, out)
+        } else {
+            out.par_chunks_mut(CHUNK)
+                .zip(bytes.par_chunks(CHUNK / 4))
+                .map(|(out, bytes)| decode_chunk(bytes, values, out))
+                .reduce(|| false, |a, b| a | b)
+        };
+        if corrupt {
+            return Err(WireError::Corrupt("terngrad code 3".into()).into());
+        }
+        Ok(())
+    }
 }

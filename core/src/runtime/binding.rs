@@ -8,6 +8,12 @@
 //! factor, and groups parameters into *lr bins* (same lr output, same factor) so that
 //! a step report can list one effective lr per bin.
 //!
+//! Gradient compression is resolved per parameter too: the last matching group that
+//! says `compress …` wins, else the top-level `compress …`, else the parameter is not
+//! compressed. The graph outputs of the method's scheduled arguments are looked up
+//! here (a missing one is an error); the compressor itself is built by the stepper,
+//! which fills [`BoundParam::compression`] (method and error feedback).
+//!
 //! The public [`Binding`] is what a user reads (and [`Binding::describe`] prints); the
 //! crate-private [`Plan`] is the same decisions in the form the stepper executes: for
 //! each parameter, an index per hyperparameter into one flat value table (graph
@@ -19,7 +25,9 @@ use std::fmt::Write as _;
 use super::{Glob, ParamSpec, RuntimeError};
 use crate::graph::{Node, ScalarGraph};
 use crate::schedule::Schedule;
-use crate::strategy::{DType, GroupRule, Hyper, OptimizerKind, Strategy, CLIP_NORM_OUTPUT};
+use crate::strategy::{
+    CompressSpec, DType, GroupRule, Hyper, OptimizerKind, Strategy, CLIP_NORM_OUTPUT,
+};
 
 /// Number of [`Hyper`] variants: the width of a parameter's slot table.
 pub(crate) const HYPER_COUNT: usize = Hyper::ALL.len();
@@ -66,6 +74,49 @@ pub struct BoundParam {
     pub layer_decay: bool,
     /// Index into [`Binding::lr_bins`].
     pub bin: usize,
+    /// The gradient compressor of this parameter, `None` when its gradient is neither
+    /// compressed nor exchanged (one worker and no `compress` rule applies).
+    pub compression: Option<BoundCompression>,
+}
+
+/// The compressor bound to one parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BoundCompression {
+    /// Which rule chose it, named like its graph outputs: `compress` for the top-level
+    /// `compress …` (or, with several workers and no rule, the implicit dense
+    /// exchange `none`), `group2.compress` for the second group's.
+    pub source: String,
+    /// The method's script name (`topk`).
+    pub method: String,
+    /// Whether the host keeps an error-feedback residual for it.
+    pub error_feedback: ErrorFeedback,
+    /// The method's scheduled arguments and the graph outputs they read each step
+    /// (`ratio` ← `compress.ratio`).
+    pub scheduled: Vec<(String, String)>,
+}
+
+/// Error feedback of a bound compressor, after the script's `with error_feedback` /
+/// `error_feedback: false` and the method's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorFeedback {
+    /// The host keeps a residual `e ← x − r` and adds it to the next gradient.
+    On,
+    /// No residual.
+    Off,
+    /// The method accumulates what it did not send itself (DGC); the host keeps no
+    /// residual whatever the script says.
+    Internal,
+}
+
+impl ErrorFeedback {
+    /// `on`, `off` or `internal`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::Off => "off",
+            Self::Internal => "internal",
+        }
+    }
 }
 
 impl Binding {
@@ -75,10 +126,15 @@ impl Binding {
     }
 
     /// A readable table: one row per parameter with its groups, lr output, layer-wise
-    /// factor, depth and trust-ratio switch, followed by the warnings.
+    /// factor, depth and trust-ratio switch — and, when some gradient is compressed or
+    /// exchanged, its compressor (`topk, ef on`) — followed by the warnings.
     pub fn describe(&self) -> String {
-        let header = ["param", "groups", "lr", "lr scale", "depth", "trust"];
-        let rows: Vec<[String; 6]> = self
+        let compressed = self.params.iter().any(|p| p.compression.is_some());
+        let mut header = vec!["param", "groups", "lr", "lr scale", "depth", "trust"];
+        if compressed {
+            header.push("compress");
+        }
+        let rows: Vec<Vec<String>> = self
             .params
             .iter()
             .map(|p| {
@@ -105,10 +161,17 @@ impl Binding {
                     .depth
                     .map_or_else(|| "-".to_owned(), |depth| depth.to_string());
                 let trust = if p.trust_ratio { "on" } else { "off" }.to_owned();
-                [p.name.clone(), groups, lr, scale, depth, trust]
+                let mut row = vec![p.name.clone(), groups, lr, scale, depth, trust];
+                if compressed {
+                    row.push(p.compression.as_ref().map_or_else(
+                        || "-".to_owned(),
+                        |c| format!("{}, ef {}", c.method, c.error_feedback.name()),
+                    ));
+                }
+                row
             })
             .collect();
-        let mut widths = header.map(str::len);
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
         for row in &rows {
             for (width, cell) in widths.iter_mut().zip(row) {
                 *width = (*width).max(cell.chars().count());
@@ -117,7 +180,7 @@ impl Binding {
         let mut out = String::new();
         let mut line = |cells: &[&str]| {
             let mut text = String::new();
-            for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            for (i, (cell, &width)) in cells.iter().zip(&widths).enumerate() {
                 if i > 0 {
                     text.push_str("  ");
                 }
@@ -181,6 +244,21 @@ pub(crate) struct Plan {
     pub bins: Vec<(usize, f64)>,
     /// Per parameter: whether its momentum can ever be non-zero (so it needs a buffer).
     pub needs_momentum: Vec<bool>,
+    /// The `compress` rules that apply to some parameter, in order of first use.
+    pub compress_rules: Vec<CompressRule>,
+    /// Per parameter: index into `compress_rules`, `None` when no rule applies.
+    pub compress: Vec<Option<usize>>,
+}
+
+/// One `compress …` rule in executable form.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct CompressRule {
+    /// `compress` (top level) or `groupN.compress`.
+    pub source: String,
+    /// The method and its arguments.
+    pub spec: CompressSpec,
+    /// Each scheduled argument and the value-table index of its graph output.
+    pub scheduled: Vec<(String, usize)>,
 }
 
 impl Plan {
@@ -303,6 +381,45 @@ pub(crate) fn bind(
         };
     }
 
+    // Compression rules: the top level, then each group's, with their scheduled
+    // arguments' outputs.
+    let compress_rule = |group: Option<usize>, spec: &CompressSpec| {
+        let source = match group {
+            None => "compress".to_owned(),
+            Some(index) => format!("group{}.compress", index + 1),
+        };
+        let mut scheduled = Vec::with_capacity(spec.scheduled.len());
+        for arg in &spec.scheduled {
+            let slot = output_index
+                .get(arg.output.as_str())
+                .copied()
+                .ok_or_else(|| {
+                    RuntimeError::Strategy(format!(
+                        "`{source} {}`: argument `{}` is a schedule read from the graph output \
+                         `{}`, which the graph does not have",
+                        spec.method, arg.arg, arg.output
+                    ))
+                })?;
+            scheduled.push((arg.arg.clone(), slot));
+        }
+        Ok::<_, RuntimeError>(CompressRule {
+            source,
+            spec: spec.clone(),
+            scheduled,
+        })
+    };
+    let global_compress = match &strategy.compress {
+        Some(spec) => Some(compress_rule(None, spec)?),
+        None => None,
+    };
+    let mut group_compress = Vec::with_capacity(strategy.groups.len());
+    for (index, group) in strategy.groups.iter().enumerate() {
+        group_compress.push(match &group.compress {
+            Some(spec) => Some(compress_rule(Some(index), spec)?),
+            None => None,
+        });
+    }
+
     // Which patterns matched anything, for the warnings.
     let mut group_pattern_used: Vec<Vec<bool>> =
         group_globs.iter().map(|g| vec![false; g.len()]).collect();
@@ -314,6 +431,8 @@ pub(crate) fn bind(
         depth: Option<u32>,
         trust_ratio: bool,
         layer_decay: bool,
+        /// `None`: the top-level rule (if any); `Some(g)`: group `g`'s.
+        compress_group: Option<usize>,
     }
     let mut resolved = Vec::with_capacity(params.len());
     for spec in params {
@@ -321,6 +440,7 @@ pub(crate) fn bind(
         let mut groups = Vec::new();
         let mut trust_ratio = true;
         let mut layer_decay = true;
+        let mut compress_group = None;
         let mut captured: Option<(u32, String)> = None;
         let mut capture = |depth: Option<u32>, source: String, warnings: &mut Vec<String>| {
             let Some(depth) = depth else { return };
@@ -370,6 +490,9 @@ pub(crate) fn bind(
             if let Some(on) = group.layer_decay {
                 layer_decay = on;
             }
+            if group.compress.is_some() {
+                compress_group = Some(index);
+            }
         }
         if slots[Hyper::Lr as usize] == default_slot(Hyper::Lr) {
             return Err(RuntimeError::MissingLr);
@@ -381,6 +504,7 @@ pub(crate) fn bind(
             depth,
             trust_ratio,
             layer_decay,
+            compress_group,
         });
     }
 
@@ -426,7 +550,21 @@ pub(crate) fn bind(
     let mut bins = Vec::new();
     let mut lr_bins = Vec::new();
     let mut checks: Vec<(usize, Hyper)> = Vec::new();
+    let mut compress_rules: Vec<CompressRule> = Vec::new();
+    // Per rule (the top level first, then each group): its index in `compress_rules`.
+    let mut rule_index: Vec<Option<usize>> = vec![None; strategy.groups.len() + 1];
+    let mut compress = Vec::with_capacity(params.len());
     for ((spec, r), &numel) in params.iter().zip(resolved).zip(&numels) {
+        let (key, rule) = match r.compress_group {
+            Some(group) => (group + 1, group_compress[group].as_ref()),
+            None => (0, global_compress.as_ref()),
+        };
+        compress.push(rule.map(|rule| {
+            *rule_index[key].get_or_insert_with(|| {
+                compress_rules.push(rule.clone());
+                compress_rules.len() - 1
+            })
+        }));
         // Exponent of the layer-wise factor: depth_max − depth, 0 when it does not apply.
         let exponent = match (decay_factor, depth_max) {
             (Some(_), Some(max)) if r.layer_decay => max - r.depth.unwrap_or(max),
@@ -476,6 +614,7 @@ pub(crate) fn bind(
             trust_ratio: r.trust_ratio,
             layer_decay: r.layer_decay,
             bin,
+            compression: None,
         });
         slot_table.push(r.slots);
     }
@@ -494,6 +633,8 @@ pub(crate) fn bind(
         clip_slot: output_index.get(CLIP_NORM_OUTPUT).copied(),
         bins,
         needs_momentum,
+        compress_rules,
+        compress,
     };
     Ok((binding, plan))
 }

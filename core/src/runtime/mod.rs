@@ -1,29 +1,34 @@
 //! The training-step runtime: a compiled strategy bound to a model's parameters.
 //! A training loop hands a [`Stepper`] its gradients each step; the stepper unscales
-//! and checks them, clips, applies the per-parameter rules and the optimizer to its f32
-//! master weights, writes the parameters back in the model's dtype, and returns a
-//! [`StepReport`].
+//! and checks them, exchanges them with the other data-parallel workers (compressed
+//! per the strategy, through a [`Communicator`](crate::comm::Communicator)), clips,
+//! applies the per-parameter rules and the optimizer to its f32 master weights, writes
+//! the parameters back in the model's dtype, and returns a [`StepReport`].
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::backend::BackendError;
+use crate::comm::CommError;
+use crate::compress::{BuildError, CompressError};
 use crate::strategy::DType;
 
 mod binding;
 mod checkpoint;
+mod compression;
 mod glob;
 mod optimizer;
 mod scaler;
 mod stepper;
 
-pub use binding::{Binding, BoundParam};
+pub use binding::{Binding, BoundCompression, BoundParam, ErrorFeedback};
 pub use checkpoint::{
     read_checkpoint, write_checkpoint, CheckpointData, CheckpointError, CHECKPOINT_FORMAT_VERSION,
 };
 pub use glob::{Glob, GlobError};
 pub use scaler::{LossScaler, ScaleDecision};
-pub use stepper::Stepper;
+pub use compression::{BuildCompressor, CompressorRegistry, MAX_ROUNDS};
+pub use stepper::{Stepper, StepperOptions};
 
 /// One parameter of the model, as the training loop declares it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +102,9 @@ pub struct StepReport {
     /// The loss scale to use for the next step.
     pub next_loss_scale: f64,
     /// Global L2 norm of the unscaled gradients before clipping (NaN when skipped:
-    /// loading stops at the first non-finite gradient).
+    /// loading stops at the first non-finite gradient). With compression or several
+    /// workers it is the norm of the gradient the optimizer uses — the workers'
+    /// decoded average — as PyTorch DDP users clip after the allreduce.
     pub grad_norm: f64,
     /// The same after clipping (NaN when skipped).
     pub clipped_grad_norm: f64,
@@ -114,6 +121,54 @@ pub struct StepReport {
     pub trust_ratio: Option<TrustSummary>,
     /// The training loop's loss, if reported.
     pub loss: Option<f64>,
+    /// Gradient compression this step: one entry per distinct (rule, method) — see
+    /// [`CompressionReport`]; empty when no gradient is compressed or exchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compression: Vec<CompressionReport>,
+    /// Bytes this worker sent through its communicator during the step (every
+    /// exchange, plus the one-element allreduce that agrees on skipping).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wire_bytes_sent: u64,
+    /// Bytes this worker received during the step.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wire_bytes_received: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// What one compression rule did in one step on this worker, summed over the
+/// parameters it compresses with one method.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompressionReport {
+    /// The rule, named like its graph outputs: `compress` (top level, or the implicit
+    /// dense exchange of a multi-worker run without one), `group2.compress`.
+    pub label: String,
+    /// The method (`topk`).
+    pub method: String,
+    /// Parameters compressed.
+    pub tensors: usize,
+    /// Their gradients as dense f32: 4 bytes per element (0 on a skipped step).
+    pub dense_bytes: u64,
+    /// Bytes of every payload this worker produced, headers and every round
+    /// included (0 on a skipped step).
+    pub payload_bytes: u64,
+    /// Bytes this worker's communicator sent for these parameters (0 with one worker).
+    pub wire_bytes_sent: u64,
+    /// `‖x − r‖ / ‖x‖` over these parameters, where `x` is what was compressed
+    /// (gradient plus residual) and `r` its reconstruction (this worker's own payload
+    /// decoded, or the average for methods without one); 0 when nothing was lost, NaN
+    /// on a skipped step.
+    pub relative_error: f64,
+}
+
+impl CompressionReport {
+    /// `dense_bytes / payload_bytes`: how many times smaller the payload is (NaN on a
+    /// skipped step).
+    pub fn ratio(&self) -> f64 {
+        self.dense_bytes as f64 / self.payload_bytes as f64
+    }
 }
 
 /// Summary of per-tensor trust ratios in one step.
@@ -210,4 +265,49 @@ pub enum RuntimeError {
     /// Saving or loading a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A parameter's compressor could not be built (unknown method, refused
+    /// arguments).
+    #[error("parameter `{param}`: cannot build the `{method}` compressor: {error}")]
+    CompressorBuild {
+        /// Parameter name.
+        param: String,
+        /// The method.
+        method: String,
+        /// Why.
+        error: BuildError,
+    },
+    /// A compressor failed while compressing or decoding a gradient.
+    #[error("at step {step}, the `{method}` compressor of `{param}` failed: {error}")]
+    Compress {
+        /// Step index.
+        step: u64,
+        /// Parameter name.
+        param: String,
+        /// The method.
+        method: String,
+        /// What the compressor reported.
+        error: CompressError,
+    },
+    /// A compressor could not save its state for a checkpoint.
+    #[error("the `{method}` compressor of `{param}` cannot save its state: {error}")]
+    CompressorState {
+        /// Parameter name.
+        param: String,
+        /// The method.
+        method: String,
+        /// What the compressor reported.
+        error: CompressError,
+    },
+    /// A collective with the other workers failed; the communicator is unusable
+    /// afterwards (restart the workers from a checkpoint).
+    #[error("at step {step}, exchanging {during} with the other workers failed: {error}")]
+    Communication {
+        /// Step index.
+        step: u64,
+        /// What was being exchanged: `the gradient of `w` (`topk`)`, or `the
+        /// non-finite flag`.
+        during: String,
+        /// What the communicator reported.
+        error: CommError,
+    },
 }

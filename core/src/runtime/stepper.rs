@@ -5,37 +5,63 @@
 //!
 //! The order follows the pipeline of the design (and PyTorch's AMP recipe:
 //! `scaler.unscale_`, `clip_grad_norm_`, `scaler.step`, `scaler.update`,
-//! `scheduler.step`):
+//! `scheduler.step`; with several workers, PyTorch DDP's allreduce of the gradients
+//! before clipping):
 //!
 //! 1. **Validate the call**: one parameter and one gradient per bound parameter, each
 //!    of the bound length and of the parameter's dtype.
 //! 2. **Evaluate the graph** at the current step and check every hyperparameter a
 //!    parameter reads (finite; lr, momentum, weight decay, eps, trust ≥ 0; betas in
-//!    [0, 1); `clip_norm` > 0; zero dampening with Nesterov).
-//! 3. **Load the gradients**, multiplied by `1/scale`. If any element is not finite
-//!    the step is *skipped*: the scaler backs off (or spends hysteresis), weights,
-//!    moments and update counters stay as they were, but the schedules still advance,
-//!    as PyTorch's `scheduler.step()` runs even when `scaler.step(optimizer)` skipped
-//!    the update. A skipped step reports `grad_norm` and `clipped_grad_norm` as NaN
-//!    (loading stops at the first non-finite tensor, so there is no norm to report)
-//!    and `update_norm` 0.
-//! 4. **Clip** (when the graph has a `clip_norm` output), as
+//!    [0, 1); `clip_norm` > 0; zero dampening with Nesterov) and every scheduled
+//!    compressor argument (finite).
+//! 3. **Load the gradients**, multiplied by `1/scale`. With several workers, a
+//!    one-element allreduce of a "non-finite" flag makes every worker skip together.
+//!    If any element (on any worker) is not finite the step is *skipped*: the scaler
+//!    backs off (or spends hysteresis), weights, moments, update counters,
+//!    error-feedback residuals and compressor state stay as they were, but the
+//!    schedules still advance, as PyTorch's `scheduler.step()` runs even when
+//!    `scaler.step(optimizer)` skipped the update. A skipped step reports `grad_norm`
+//!    and `clipped_grad_norm` as NaN (loading stops at the first non-finite tensor, so
+//!    there is no norm to report) and `update_norm` 0.
+//! 4. **Exchange** (only when some parameter has a compressor, or with several
+//!    workers): each compressed parameter's gradient, plus its error-feedback residual,
+//!    is compressed, combined with the other workers' (allreduce of summable payloads,
+//!    or allgather and decode in rank order), and replaced by the decoded average;
+//!    with several workers every parameter is exchanged, those without a `compress`
+//!    rule through the dense `none` method. The pipeline is described in the
+//!    compression module. With one worker and no compression nothing of this runs,
+//!    and the step is exactly what it was without compression support.
+//! 5. **Clip** (when the graph has a `clip_norm` output), as
 //!    `torch.nn.utils.clip_grad_norm_`: `coef = clip_norm / (‖g‖ + 1e-6)`, and every
-//!    gradient is multiplied by `coef` when it is below 1.
-//! 5. **Update** each parameter's f32 master weights with its own hyperparameters (see
+//!    gradient is multiplied by `coef` when it is below 1. `‖g‖` is the norm of the
+//!    gradient the optimizer will use: the averaged, decoded one after an exchange.
+//! 6. **Update** each parameter's f32 master weights with its own hyperparameters (see
 //!    the optimizer module for each rule).
-//! 6. **Write back** the master weights into the caller's parameters, rounded to the
+//! 7. **Write back** the master weights into the caller's parameters, rounded to the
 //!    parameter's dtype.
-//! 7. **Commit**: the schedules advance, the counters and the loss scaler move on.
+//! 8. **Commit**: the schedules advance, the counters, the loss scaler and the
+//!    error-feedback residuals move on.
 //!
 //! # Errors leave everything as it was
 //!
 //! Everything that can be wrong with the input is checked before any state is
 //! written: on an error the master weights, moments, counters, loss scale, schedule
-//! position and the caller's parameters are unchanged, and the same call can be
-//! retried. (The only exception is a failure of the backend itself *during* the
-//! update, which a device backend could report halfway; the CPU backend cannot fail
-//! there.)
+//! position, residuals and the caller's parameters are unchanged, and the same call
+//! can be retried. The exceptions: a failure of the backend itself *during* the
+//! update, which a device backend could report halfway (the CPU backend cannot fail
+//! there); and a compressor or communicator failure during the exchange, after which
+//! the weights, moments, counters, scaler, schedules and residuals are still
+//! unchanged but a stateful compressor (PowerSGD, DGC) may have advanced its own
+//! state, and a communicator is unusable — restart the workers from a checkpoint.
+//!
+//! # Workers
+//!
+//! [`StepperOptions`] gives the stepper its [`Communicator`] (default:
+//! [`SingleProcess`]), the run's seed for the compressors (the same on every worker;
+//! with the rank, the step and the tensor index it keys every random draw) and the
+//! [`CompressorRegistry`] methods are looked up in. Each worker runs its own stepper
+//! with its own gradients; as every worker decodes the same average, all of them hold
+//! bit-identical master weights after every step.
 //!
 //! # Update norm
 //!
@@ -50,8 +76,14 @@
 //! header holds the script's fingerprint, the schedule cursor, the loss scaler, the
 //! update counters and the parameter list, and whose tensors are the master weights
 //! (`master/NAME`) and optimizer moments (`momentum/NAME`, `exp_avg/NAME`,
-//! `exp_avg_sq/NAME`, `max_exp_avg_sq/NAME`). [`Stepper::load`] refuses a checkpoint
-//! of another script or another parameter list, and resumes bit for bit.
+//! `exp_avg_sq/NAME`, `max_exp_avg_sq/NAME`). With compression, the header also
+//! records the seed, the rank and world size and each compressor (method, error
+//! feedback, bytes of state), and the tensors include the residuals (`residual/NAME`)
+//! and the compressors' state (`compressor_state/NAME`, bytes packed as the
+//! compression module describes). Each worker saves its own file: residuals differ
+//! between workers. [`Stepper::load`] refuses a checkpoint of another script or
+//! another parameter list, compressor state of another rank, world size or seed, and
+//! resumes bit for bit.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -60,19 +92,26 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::binding::{bind, Binding, Plan};
+use super::compression::{pack_state, unpack_state, CompressorRegistry, Pipeline};
 use super::optimizer::{self, Hypers, ParamState};
 use super::{
-    read_checkpoint, write_checkpoint, CheckpointError, LossScaler, Metrics, ParamSpec,
-    RuntimeError, ScaleDecision, StepReport, TrustSummary,
+    read_checkpoint, write_checkpoint, CheckpointError, CompressionReport, LossScaler, Metrics,
+    ParamSpec, RuntimeError, ScaleDecision, StepReport, TrustSummary,
 };
 use crate::backend::{Backend, HostTensor, HostTensorMut};
+use crate::comm::{Communicator, SingleProcess, Traffic};
 use crate::graph::{Evaluator, ScalarGraph};
 use crate::strategy::{DType, Hyper, OptimizerKind, Strategy};
 
 /// The `format` field of a stepper checkpoint's header.
 const STATE_FORMAT: &str = "regimen-stepper";
-/// Version of the header's content (the container has its own version).
+/// Version of the header's content (the container has its own version). Compression
+/// added optional fields only: older checkpoints still load.
 const STATE_VERSION: u32 = 1;
+/// Tensor-name prefix of the error-feedback residuals.
+const RESIDUAL_ROLE: &str = "residual";
+/// Tensor-name prefix of the compressors' packed state.
+const STATE_ROLE: &str = "compressor_state";
 
 /// A strategy bound to a model's parameters, with the state of a run: f32 master
 /// weights, optimizer moments, the loss scaler and the schedules' position.
@@ -94,6 +133,72 @@ pub struct Stepper<B: Backend> {
     fingerprint: String,
     /// Updates applied (steps not skipped).
     updates: u64,
+    /// The other workers.
+    comm: Box<dyn Communicator>,
+    /// The compressors, `None` when nothing is exchanged.
+    compression: Option<Pipeline>,
+    /// The run's seed for the compressors.
+    seed: u64,
+    /// Per parameter, Σ g² of this step's gradient (used only with compression).
+    grad_sum_squares: Vec<f64>,
+}
+
+/// How a [`Stepper`] talks to the other workers of a data-parallel run.
+pub struct StepperOptions {
+    /// The collectives (default [`SingleProcess`]: one worker).
+    pub communicator: Box<dyn Communicator>,
+    /// The run's seed for the compressors' random draws; the same on every worker
+    /// (default 0).
+    pub seed: u64,
+    /// Where compressors are looked up by method name (default: the built-in ones).
+    pub compressors: CompressorRegistry,
+}
+
+impl Default for StepperOptions {
+    fn default() -> Self {
+        Self {
+            communicator: Box::new(SingleProcess),
+            seed: 0,
+            compressors: CompressorRegistry::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StepperOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepperOptions")
+            .field("rank", &self.communicator.rank())
+            .field("world", &self.communicator.world())
+            .field("seed", &self.seed)
+            .field("compressors", &self.compressors)
+            .finish()
+    }
+}
+
+impl StepperOptions {
+    /// One worker, seed 0, the built-in compressors.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Exchange gradients through `communicator` (e.g. one of
+    /// [`ThreadCluster::new`](crate::comm::ThreadCluster::new)'s).
+    pub fn with_communicator(mut self, communicator: Box<dyn Communicator>) -> Self {
+        self.communicator = communicator;
+        self
+    }
+
+    /// Use `seed` for the compressors' random draws.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Look compressors up in `registry`.
+    pub fn with_compressors(mut self, registry: CompressorRegistry) -> Self {
+        self.compressors = registry;
+        self
+    }
 }
 
 /// What a checkpoint records for one parameter.
@@ -118,6 +223,29 @@ struct Header {
     evaluator: Evaluator,
     scaler: LossScaler,
     params: Vec<ParamRecord>,
+    /// Absent when nothing was exchanged (so such checkpoints are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compression: Option<CompressionRecord>,
+}
+
+/// What a checkpoint records about the compressors.
+#[derive(Serialize, Deserialize)]
+struct CompressionRecord {
+    seed: u64,
+    rank: usize,
+    world: usize,
+    params: Vec<CompressorRecord>,
+}
+
+/// One compressed parameter in a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct CompressorRecord {
+    name: String,
+    method: String,
+    /// A `residual/NAME` tensor is stored.
+    error_feedback: bool,
+    /// Bytes of compressor state in `compressor_state/NAME` (none stored when 0).
+    state_bytes: u64,
 }
 
 impl<B: Backend> Stepper<B> {
@@ -131,7 +259,28 @@ impl<B: Backend> Stepper<B> {
         params: &[ParamSpec],
         initial: &[HostTensor<'_>],
     ) -> Result<Self, RuntimeError> {
-        Self::build(backend, graph, strategy, params, initial, true)
+        Self::new_with(
+            backend,
+            graph,
+            strategy,
+            params,
+            initial,
+            StepperOptions::default(),
+        )
+    }
+
+    /// [`Stepper::new`] as one worker of a data-parallel run (see
+    /// [`StepperOptions`]). Every worker must bind the same script to the same
+    /// parameters with the same initial values and seed.
+    pub fn new_with(
+        backend: B,
+        graph: ScalarGraph,
+        strategy: Strategy,
+        params: &[ParamSpec],
+        initial: &[HostTensor<'_>],
+        options: StepperOptions,
+    ) -> Result<Self, RuntimeError> {
+        Self::build(backend, graph, strategy, params, initial, true, options)
     }
 
     /// Binding, then the initial values (their dtype must be the parameter's when
@@ -143,11 +292,25 @@ impl<B: Backend> Stepper<B> {
         params: &[ParamSpec],
         initial: &[HostTensor<'_>],
         exact_dtype: bool,
+        options: StepperOptions,
     ) -> Result<Self, RuntimeError> {
         let fingerprint = fingerprint(&graph, &strategy)?;
         let evaluator = Evaluator::new(graph)
             .map_err(|error| RuntimeError::Strategy(format!("malformed scalar graph: {error}")))?;
-        let (binding, plan) = bind(evaluator.graph(), &strategy, params)?;
+        let (mut binding, plan) = bind(evaluator.graph(), &strategy, params)?;
+        let StepperOptions {
+            communicator: comm,
+            seed,
+            compressors,
+        } = options;
+        let compression = Pipeline::build(
+            &mut binding,
+            &plan,
+            params,
+            &compressors,
+            comm.world(),
+            seed,
+        )?;
         let scaler = LossScaler::new(&strategy.precision.loss_scale)
             .map_err(|reason| RuntimeError::Strategy(format!("loss scaling: {reason}")))?;
         if initial.len() != params.len() {
@@ -193,6 +356,14 @@ impl<B: Backend> Stepper<B> {
             scratch: Vec::new(),
             fingerprint,
             updates: 0,
+            grad_sum_squares: if compression.is_some() {
+                vec![0.0; params.len()]
+            } else {
+                Vec::new()
+            },
+            comm,
+            compression,
+            seed,
         };
         stepper.allocate_scratch()?;
         Ok(stepper)
@@ -231,6 +402,32 @@ impl<B: Backend> Stepper<B> {
     /// Optimizer updates applied so far (skipped steps do not count).
     pub fn updates(&self) -> u64 {
         self.updates
+    }
+
+    /// This worker's rank in `0..world()`.
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    /// Number of data-parallel workers.
+    pub fn world(&self) -> usize {
+        self.comm.world()
+    }
+
+    /// The run's seed for the compressors.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Everything this worker's communicator has sent and received so far.
+    pub fn traffic(&self) -> Traffic {
+        self.comm.traffic()
+    }
+
+    /// Parameter `index`'s error-feedback residual (what compression has not yet
+    /// delivered, added to the next gradient), `None` when it keeps none.
+    pub fn residual(&self, index: usize) -> Option<&[f32]> {
+        self.compression.as_ref()?.residual(index)
     }
 
     /// Hex SHA-256 of the canonical JSON of the graph and the strategy: what a
@@ -294,11 +491,12 @@ impl<B: Backend> Stepper<B> {
             .eval_into(step as f64, &mut self.values[..outputs]);
         self.check_hypers(step)?;
 
-        // 3. Gradients: unscale and check.
+        // 3. Gradients: unscale and check; with several workers, skip together.
+        let traffic_before = self.comm.traffic();
         let inverse_scale = self.scaler.inverse_scale();
         let mut finite = true;
         let mut sum_squares = 0.0;
-        for (state, grad) in self.states.iter_mut().zip(grads) {
+        for (index, (state, grad)) in self.states.iter_mut().zip(grads).enumerate() {
             let stats = self
                 .backend
                 .load_gradient(*grad, inverse_scale, &mut state.grad)?;
@@ -307,16 +505,59 @@ impl<B: Backend> Stepper<B> {
                 break;
             }
             sum_squares += stats.sum_squares;
+            if let Some(slot) = self.grad_sum_squares.get_mut(index) {
+                *slot = stats.sum_squares;
+            }
+        }
+        if self.comm.world() > 1 {
+            let mut non_finite = [if finite { 0.0f32 } else { 1.0 }];
+            self.comm
+                .allreduce_f32(&mut non_finite)
+                .map_err(|error| RuntimeError::Communication {
+                    step,
+                    during: "the non-finite flag".to_owned(),
+                    error,
+                })?;
+            finite = non_finite[0] == 0.0;
         }
         let mut scaler = self.scaler.clone();
         let decision = scaler.update(finite, step)?;
         if decision.skip {
             self.evaluator.advance();
             self.scaler = scaler;
-            return Ok(self.report(step, &decision, StepNorms::skipped(), None, metrics));
+            let exchange = Exchange {
+                compression: self
+                    .compression
+                    .as_ref()
+                    .map(Pipeline::skipped_report)
+                    .unwrap_or_default(),
+                traffic: self.comm.traffic().since(&traffic_before),
+            };
+            return Ok(self.report(
+                step,
+                &decision,
+                StepNorms::skipped(),
+                None,
+                metrics,
+                exchange,
+            ));
         }
 
-        // 4. Clipping.
+        // 4. Exchange: compress, combine with the other workers, decode the average.
+        let mut compression = Vec::new();
+        if let Some(pipeline) = self.compression.as_mut() {
+            compression = pipeline.exchange(
+                &self.backend,
+                self.comm.as_mut(),
+                &mut self.states,
+                &self.values,
+                step,
+                &mut self.grad_sum_squares,
+            )?;
+            sum_squares = self.grad_sum_squares.iter().sum();
+        }
+
+        // 5. Clipping.
         let grad_norm = sum_squares.sqrt();
         let mut clipped_grad_norm = grad_norm;
         if let Some(slot) = self.plan.clip_slot {
@@ -329,7 +570,7 @@ impl<B: Backend> Stepper<B> {
             }
         }
 
-        // 5. The optimizer.
+        // 6. The optimizer.
         let mut trust = TrustAccumulator::default();
         let mut update_sum_squares = 0.0;
         for ((state, bound), slots) in self
@@ -367,25 +608,58 @@ impl<B: Backend> Stepper<B> {
             update_sum_squares += outcome.update_sum_squares;
         }
 
-        // 6. Write back.
+        // 7. Write back.
         for (state, param) in self.states.iter().zip(params.iter_mut()) {
             self.backend.download(&state.master, reborrow(param))?;
         }
 
-        // 7. Commit.
+        // 8. Commit.
         self.evaluator.advance();
         self.scaler = scaler;
         self.updates += 1;
+        if let Some(pipeline) = self.compression.as_mut() {
+            pipeline.commit();
+        }
         let norms = StepNorms {
             grad_norm,
             clipped_grad_norm,
             update_norm: update_sum_squares.sqrt(),
         };
-        Ok(self.report(step, &decision, norms, trust.summary(), metrics))
+        let exchange = Exchange {
+            compression,
+            traffic: self.comm.traffic().since(&traffic_before),
+        };
+        Ok(self.report(
+            step,
+            &decision,
+            norms,
+            trust.summary(),
+            metrics,
+            exchange,
+        ))
     }
 
-    /// Write the whole state to `path` atomically.
+    /// Write the whole state to `path` atomically. Each worker of a data-parallel run
+    /// saves its own file (the error-feedback residuals differ between workers).
     pub fn save(&self, path: &Path) -> Result<(), RuntimeError> {
+        let saved = match &self.compression {
+            Some(pipeline) => pipeline.save()?,
+            None => Vec::new(),
+        };
+        let compression = self.compression.as_ref().map(|_| CompressionRecord {
+            seed: self.seed,
+            rank: self.comm.rank(),
+            world: self.comm.world(),
+            params: saved
+                .iter()
+                .map(|entry| CompressorRecord {
+                    name: entry.name.to_owned(),
+                    method: entry.method.to_owned(),
+                    error_feedback: entry.residual.is_some(),
+                    state_bytes: entry.state.len() as u64,
+                })
+                .collect(),
+        });
         let header = Header {
             format: STATE_FORMAT.to_owned(),
             version: STATE_VERSION,
@@ -407,6 +681,7 @@ impl<B: Backend> Stepper<B> {
                     momentum_initialised: state.momentum_initialised,
                 })
                 .collect(),
+            compression,
         };
         let header = serde_json::to_value(&header).map_err(|error| {
             RuntimeError::Checkpoint(CheckpointError::Header {
@@ -427,6 +702,16 @@ impl<B: Backend> Stepper<B> {
                 data.push(host);
             }
         }
+        for entry in &saved {
+            if let Some(residual) = entry.residual {
+                names.push(format!("{RESIDUAL_ROLE}/{}", entry.name));
+                data.push(residual.to_vec());
+            }
+            if !entry.state.is_empty() {
+                names.push(format!("{STATE_ROLE}/{}", entry.name));
+                data.push(pack_state(&entry.state));
+            }
+        }
         let tensors: Vec<(&str, &[f32])> = names
             .iter()
             .map(String::as_str)
@@ -445,6 +730,27 @@ impl<B: Backend> Stepper<B> {
         graph: ScalarGraph,
         strategy: Strategy,
         params: &[ParamSpec],
+    ) -> Result<Self, RuntimeError> {
+        Self::load_with(
+            path,
+            backend,
+            graph,
+            strategy,
+            params,
+            StepperOptions::default(),
+        )
+    }
+
+    /// [`Stepper::load`] as one worker of a data-parallel run: each worker loads the
+    /// checkpoint it saved. Compressor state (residuals, compressors' own state) is
+    /// only accepted by the same rank of the same world size with the same seed.
+    pub fn load_with(
+        path: &Path,
+        backend: B,
+        graph: ScalarGraph,
+        strategy: Strategy,
+        params: &[ParamSpec],
+        options: StepperOptions,
     ) -> Result<Self, RuntimeError> {
         let mismatch = |reason: String| {
             RuntimeError::Checkpoint(CheckpointError::Mismatch {
@@ -554,7 +860,7 @@ impl<B: Backend> Stepper<B> {
             let numel = spec.checked_numel().unwrap_or(0);
             masters.push(HostTensor::F32(take("master", &spec.name, numel)?));
         }
-        let mut stepper = Self::build(backend, graph, strategy, params, &masters, false)?;
+        let mut stepper = Self::build(backend, graph, strategy, params, &masters, false, options)?;
 
         // Optimizer state.
         for (index, spec) in params.iter().enumerate() {
@@ -570,11 +876,65 @@ impl<B: Backend> Stepper<B> {
                 }
             }
         }
+        // Compression: residuals and the compressors' own state.
+        if let Some(pipeline) = stepper.compression.as_mut() {
+            let no_records = Vec::new();
+            let records = header.compression.as_ref().map_or(&no_records, |c| &c.params);
+            if let Some(record) = &header.compression {
+                let holds_state = record
+                    .params
+                    .iter()
+                    .any(|p| p.error_feedback || p.state_bytes > 0);
+                let (rank, world) = (stepper.comm.rank(), stepper.comm.world());
+                if holds_state && (record.rank, record.world) != (rank, world) {
+                    return Err(mismatch(format!(
+                        "its compression state belongs to worker {} of {}, but this is worker \
+                         {rank} of {world}",
+                        record.rank, record.world
+                    )));
+                }
+                if record.seed != stepper.seed && !record.params.is_empty() {
+                    return Err(mismatch(format!(
+                        "its compressors ran with seed {}, but this run uses seed {}",
+                        record.seed, stepper.seed
+                    )));
+                }
+            }
+            let compressed: Vec<(String, String, bool)> = pipeline
+                .methods()
+                .map(|(name, method, ef)| (name.to_owned(), method.to_owned(), ef))
+                .collect();
+            for (name, method, error_feedback) in compressed {
+                let record = records.iter().find(|r| r.name == name);
+                if let Some(record) = record {
+                    if record.method != method {
+                        return Err(mismatch(format!(
+                            "`{name}` was compressed with `{}`, but this run uses `{method}`",
+                            record.method
+                        )));
+                    }
+                }
+                if error_feedback {
+                    let numel = stepper.binding.param(&name).map_or(0, |p| p.numel);
+                    let values = take(RESIDUAL_ROLE, &name, numel)?;
+                    pipeline.restore_residual(&name, values).map_err(mismatch)?;
+                }
+                let state_bytes = record.map_or(0, |r| r.state_bytes);
+                if state_bytes > 0 {
+                    let count = usize::try_from(state_bytes.div_ceil(3)).unwrap_or(usize::MAX);
+                    let values = take(STATE_ROLE, &name, count)?;
+                    let bytes = unpack_state(values, state_bytes).map_err(|reason| {
+                        header_error(format!("compressor state of `{name}`: {reason}"))
+                    })?;
+                    pipeline.restore_state(&name, &bytes).map_err(mismatch)?;
+                }
+            }
+        }
         if !tensors.is_empty() {
             let mut extra: Vec<&str> = tensors.keys().copied().collect();
             extra.sort_unstable();
             return Err(mismatch(format!(
-                "it holds tensors this optimizer does not use: {}",
+                "it holds tensors this run does not use: {}",
                 quoted(&extra)
             )));
         }
@@ -697,6 +1057,13 @@ impl<B: Backend> Stepper<B> {
                 return Err(bad(slot, "a clipping threshold that is not positive"));
             }
         }
+        for rule in &self.plan.compress_rules {
+            for &(_, slot) in &rule.scheduled {
+                if !self.values[slot].is_finite() {
+                    return Err(bad(slot, "not a finite number"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -718,6 +1085,7 @@ impl<B: Backend> Stepper<B> {
         norms: StepNorms,
         trust_ratio: Option<TrustSummary>,
         metrics: &Metrics,
+        exchange: Exchange,
     ) -> StepReport {
         let graph = self.evaluator.graph();
         StepReport {
@@ -744,8 +1112,17 @@ impl<B: Backend> Stepper<B> {
                 .collect(),
             trust_ratio,
             loss: metrics.loss,
+            compression: exchange.compression,
+            wire_bytes_sent: exchange.traffic.bytes_sent,
+            wire_bytes_received: exchange.traffic.bytes_received,
         }
     }
+}
+
+/// What a step's exchange reports.
+struct Exchange {
+    compression: Vec<CompressionReport>,
+    traffic: Traffic,
 }
 
 /// The norms a step reports.

@@ -1,12 +1,14 @@
 //! The tensor side of a script — `optimizer`, `layerwise`, `group`, `layer_decay`,
-//! `precision` (with `loss_scale`) and `clip` — compiled into a [`Strategy`].
+//! `precision` (with `loss_scale`), `clip` and `compress` — compiled into a
+//! [`Strategy`].
 //! Numeric hyperparameters become graph outputs (so any of them may be a schedule):
 //! the global value of a hyperparameter is the output [`Hyper::name`], a group's
 //! override the output [`GroupRule::output_name`]. The strategy keeps only the
 //! non-numeric choices. Groups and layer decay are in `groups`, precision and loss
-//! scaling in `precision`.
+//! scaling in `precision`, gradient compression in `compress`.
 //!
 //! [`Strategy`]: regimen_core::Strategy
+//! [`GroupRule::output_name`]: regimen_core::GroupRule::output_name
 
 use regimen_core::strategy::CLIP_NORM_OUTPUT;
 use regimen_core::{Hyper, Node, OptimizerKind, Schedule};
@@ -16,6 +18,7 @@ use super::{fmt_num, Compiler};
 use crate::ast::*;
 use crate::diagnostic::{closest, Diagnostic, Span};
 
+mod compress;
 mod groups;
 mod precision;
 
@@ -29,6 +32,7 @@ pub(super) const DIRECTIVES: &[&str] = &[
     "layer_decay",
     "precision",
     "clip",
+    "compress",
 ];
 
 /// A typical use of each strategy statement, for help texts.
@@ -39,6 +43,7 @@ pub(super) fn example(keyword: &str) -> &'static str {
         "group" => "group \"*.bias\" { weight_decay = 0 }",
         "layer_decay" => "layer_decay 0.75",
         "precision" => "precision bf16",
+        "compress" => "compress topk(ratio: 0.01) with error_feedback",
         _ => "clip norm: 1.0",
     }
 }
@@ -84,6 +89,7 @@ pub(super) struct Directives<'a> {
     layer_decay: Option<&'a Directive>,
     precision: Option<&'a Directive>,
     clip: Option<&'a Directive>,
+    compress: Option<&'a Directive>,
     groups: Vec<&'a Directive>,
 }
 
@@ -158,6 +164,7 @@ impl<'a> Compiler<'a> {
             "layerwise" => &mut self.directives.layerwise,
             "layer_decay" => &mut self.directives.layer_decay,
             "precision" => &mut self.directives.precision,
+            "compress" => &mut self.directives.compress,
             _ => &mut self.directives.clip,
         };
         match slot {
@@ -167,6 +174,9 @@ impl<'a> Compiler<'a> {
                 let help = match keyword {
                     "optimizer" => {
                         "a script has one optimizer; use `group` to give parameters other hyperparameters"
+                    }
+                    "compress" => {
+                        "a script has one global compression; use `group` to compress some parameters differently"
                     }
                     _ => "keep one of them",
                 };
@@ -245,6 +255,9 @@ impl<'a> Compiler<'a> {
         }
         if let Some(directive) = directives.clip {
             self.clip_statement(directive, assigned);
+        }
+        if let Some(directive) = directives.compress {
+            self.strategy.compress = self.compress_statement(directive, None);
         }
         if explicit {
             self.unused_hypers(assigned);

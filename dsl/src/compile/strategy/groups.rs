@@ -1,6 +1,7 @@
 //! `group "pattern", … { settings }` and `layer_decay FACTOR, "pattern", …`: glob
 //! patterns checked at compile time, group hyperparameters compiled into the outputs
-//! `group{N}.{hyper}` (relative ones on top of the global value), and the switches.
+//! `group{N}.{hyper}` (relative ones on top of the global value), the switches, and
+//! the group's `compress` statement.
 
 use regimen_core::runtime::{Glob, GlobError};
 use regimen_core::strategy::CLIP_NORM_OUTPUT;
@@ -146,7 +147,14 @@ impl<'a> Compiler<'a> {
         let mut rule = GroupRule::default();
         let mut ok = true;
         let mut seen: Vec<(&str, Span)> = Vec::new();
+        let mut compress_at: Option<Span> = None;
         for stmt in &block.stmts {
+            if let StmtKind::Directive(inner) = &stmt.kind {
+                if inner.keyword.name == "compress" {
+                    ok &= self.group_compress(index, inner, &mut compress_at, &mut rule);
+                    continue;
+                }
+            }
             let StmtKind::Assign {
                 target,
                 op,
@@ -224,6 +232,9 @@ impl<'a> Compiler<'a> {
                     None if target.name == CLIP_NORM_OUTPUT => d.with_help(
                         "gradient clipping is global: set it at the top level with `clip norm: …`",
                     ),
+                    None if target.name == "compress" => {
+                        d.with_help("`compress` is a statement without `=`, e.g. `compress none`")
+                    }
                     None => d.with_help(format!(
                         "a group sets {} or {}",
                         Hyper::ALL.map(|h| h.name()).join(", "),
@@ -271,6 +282,32 @@ impl<'a> Compiler<'a> {
         (ok && named_ok && !rule.patterns.is_empty()).then_some(rule)
     }
 
+    /// `compress …` inside group `index`: the group's compression, once per group.
+    /// `first` is where the group's first `compress` is. False when rejected.
+    fn group_compress(
+        &mut self,
+        index: usize,
+        directive: &'a Directive,
+        first: &mut Option<Span>,
+        rule: &mut GroupRule,
+    ) -> bool {
+        if let Some(first) = *first {
+            self.error(
+                Diagnostic::error(
+                    directive.keyword.span,
+                    "`compress` is given twice in this group",
+                )
+                .with_label("again here")
+                .with_note(first, "first given here")
+                .with_help("a group compresses its parameters with one method; keep one"),
+            );
+            return false;
+        }
+        *first = Some(directive.keyword.span);
+        rule.compress = self.compress_statement(directive, Some(index));
+        rule.compress.is_some()
+    }
+
     fn not_a_group_setting(&mut self, stmt: &Stmt) {
         match &stmt.kind {
             StmtKind::Let { name, value } => {
@@ -289,14 +326,14 @@ impl<'a> Compiler<'a> {
                         format!("`{keyword}` statements are not supported yet"),
                     )
                     .with_label("not yet supported")
-                    .with_help("gradient compression, batch-size control, policies and plugins come in a later version of Regimen")
+                    .with_help("batch-size control, policies and plugins come in a later version of Regimen")
                 } else {
                     Diagnostic::error(
                         inner.keyword.span,
                         format!("`{keyword}` cannot be used inside a group"),
                     )
                     .with_label("not a group setting")
-                    .with_help("a group holds settings such as `lr *= 0.1`, `weight_decay = 0` or `trust_ratio = off`")
+                    .with_help("a group holds settings such as `lr *= 0.1`, `weight_decay = 0`, `trust_ratio = off` or `compress none`")
                 };
                 self.error(d);
             }

@@ -367,7 +367,6 @@ impl ProblemOptions {
 /// use regimen::{trace_problem_source, ProblemKind, ProblemOptions, TraceOptions};
 ///
 /// let script = "lr = 0.1\ncompress topk(ratio: 0.25) with error_feedback\n";
-/// # let script = "lr = 0.1\n"; // until the DSL compiles `compress`
 /// let options = TraceOptions::default().with_steps(3);
 /// let problem = ProblemOptions::new(ProblemKind::Quadratic).with_workers(2);
 /// let trace = trace_problem_source("dp.regimen", script, &options, &problem)?;
@@ -481,11 +480,7 @@ fn run_problem<B: Backend>(
         handles
             .into_iter()
             .enumerate()
-            .map(|(rank, handle)| {
-                handle
-                    .join()
-                    .unwrap_or(Err(Error::WorkerPanicked { rank }))
-            })
+            .map(|(rank, handle)| handle.join().unwrap_or(Err(Error::WorkerPanicked { rank })))
             .collect()
     });
     let mut first_error = None;

@@ -114,10 +114,8 @@ enum Command {
     /// For each method: compress and decompress time, throughput in GB/s of f32
     /// input, the ratio to the memcpy throughput, the payload size and compression
     /// ratio, and the relative error ‖g − ĝ‖/‖g‖ on a seeded fixture gradient.
-    #[command(
-        after_help = "Examples:\n  regimen bench-compress\n  \
-                            regimen bench-compress --elements 1M --methods \"topk(ratio: 0.01),qsgd(levels: 4),sign\""
-    )]
+    #[command(after_help = "Examples:\n  regimen bench-compress\n  \
+                            regimen bench-compress --elements 1M --methods \"topk(ratio: 0.01),qsgd(levels: 4),sign\"")]
     BenchCompress(bench_compress::BenchCompressArgs),
 }
 

@@ -1141,4 +1141,81 @@ mod tests {
         assert_eq!(rng.next_u64(), 3_203_168_211_198_807_973);
         assert_eq!(rng.next_u64(), 9_817_491_932_198_370_423);
     }
+
+    #[test]
+    fn worker_shards_split_each_epoch_like_a_distributed_sampler() {
+        let single = Problem::new(ProblemKind::Logistic, 4);
+        // One worker of one is the problem itself.
+        let alone = single.clone().with_worker(0, 1).unwrap();
+        for step in 0..20 {
+            assert_eq!(alone.minibatch(step), single.minibatch(step));
+        }
+        // Four workers: 64 samples each per epoch, 2 batches of 32; together they
+        // visit every sample once per epoch, and worker r holds the permutation's
+        // elements r, r + 4, r + 8, …
+        let workers: Vec<Problem> = (0..4)
+            .map(|rank| single.clone().with_worker(rank, 4).unwrap())
+            .collect();
+        assert!(workers.iter().all(|w| w.steps_per_epoch() == 2));
+        let order: Vec<usize> = (0..8).flat_map(|s| single.minibatch(s)).collect();
+        for epoch in 0..2u64 {
+            let mut seen: Vec<usize> = workers
+                .iter()
+                .flat_map(|w| (0..2).flat_map(move |s| w.minibatch(2 * epoch + s)))
+                .collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..LOGISTIC_SAMPLES).collect::<Vec<_>>());
+        }
+        let shard: Vec<usize> = (0..2).flat_map(|s| workers[1].minibatch(s)).collect();
+        let strided: Vec<usize> = order.iter().skip(1).step_by(4).copied().collect();
+        assert_eq!(shard, strided);
+        // Three workers: ⌈256/3⌉ = 86 per shard, padded by wrapping around (256 + 2).
+        let third = single.clone().with_worker(2, 3).unwrap();
+        assert_eq!(third.steps_per_epoch(), 3);
+        let last: Vec<usize> = third.minibatch(2);
+        assert_eq!(last.len(), 86 - 64);
+        assert_eq!(last.last(), Some(&order[(2 + 3 * 85) % 256]));
+        assert_eq!(
+            single.with_worker(3, 3).unwrap_err(),
+            ProblemError::Worker { rank: 3, world: 3 }
+        );
+    }
+
+    #[test]
+    fn each_worker_draws_its_own_noise_and_rank_zero_the_single_one() {
+        let single = Problem::new(ProblemKind::Quadratic, 8);
+        let params = single.init();
+        let zeros = || -> Vec<Vec<f32>> { params.iter().map(|p| vec![0.0; p.len()]).collect() };
+        let (mut alone, mut first, mut second) = (zeros(), zeros(), zeros());
+        single.loss_and_grad(&params, &mut alone, 3).unwrap();
+        let rank = |r| single.clone().with_worker(r, 2).unwrap();
+        rank(0).loss_and_grad(&params, &mut first, 3).unwrap();
+        rank(1).loss_and_grad(&params, &mut second, 3).unwrap();
+        assert_eq!(alone, first);
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn the_default_width_is_the_problem_itself_and_wider_problems_are_consistent() {
+        for kind in ProblemKind::ALL {
+            let problem = Problem::new(kind, 2);
+            let same = problem.clone().with_hidden(HIDDEN);
+            assert_eq!(same.init(), problem.init());
+            let wide = problem.with_hidden(32);
+            assert_eq!(wide.hidden(), 32);
+            let shapes: Vec<Vec<usize>> = wide.params().iter().map(|p| p.shape.clone()).collect();
+            let outputs = if kind == ProblemKind::Logistic { 1 } else { 2 };
+            assert_eq!(
+                shapes,
+                [
+                    vec![32, 4],
+                    vec![32],
+                    vec![outputs, 32],
+                    vec![outputs],
+                    vec![32]
+                ]
+            );
+            check_gradient(&wide.clone().with_gradient_noise(0.0), 5);
+        }
+    }
 }

@@ -73,12 +73,8 @@ fn train(strategy: &Strategy, steps: u64, world: usize) -> (f64, f64) {
             if let Some(entry) = report.compression.first() {
                 error_sum += entry.relative_error;
             }
-
         }
-        let loss = model
-            .problem()
-            .full_loss(&model.params_f32())
-            .unwrap();
+        let loss = model.problem().full_loss(&model.params_f32()).unwrap();
         (loss, error_sum / steps as f64)
     };
     let results: Vec<(f64, f64)> = std::thread::scope(|scope| {
@@ -117,13 +113,24 @@ fn topk_one_percent_with_error_feedback_reaches_the_uncompressed_loss() {
     const STEPS: u64 = 2000;
     let start = initial_loss();
     let (dense, _) = train(&strategy(OptimizerKind::Sgd), STEPS, 2);
-    let (topk, topk_error) = train(&compressed("topk", &[("ratio", 0.01)], Some(true)), STEPS, 2);
-    let (no_memory, _) = train(&compressed("topk", &[("ratio", 0.01)], Some(false)), STEPS, 2);
+    let (topk, topk_error) = train(
+        &compressed("topk", &[("ratio", 0.01)], Some(true)),
+        STEPS,
+        2,
+    );
+    let (no_memory, _) = train(
+        &compressed("topk", &[("ratio", 0.01)], Some(false)),
+        STEPS,
+        2,
+    );
     println!(
         "start {start:.4}, dense {dense:.4}, topk 1% + ef {topk:.4} (mean relative error \
          {topk_error:.3}), topk 1% without ef {no_memory:.4}"
     );
-    assert!(dense < 0.5 * start, "dense training did not learn: {start} -> {dense}");
+    assert!(
+        dense < 0.5 * start,
+        "dense training did not learn: {start} -> {dense}"
+    );
     assert!(
         (topk - dense).abs() <= 0.03 * dense,
         "top-k 1% + error feedback: {topk}, uncompressed: {dense}"

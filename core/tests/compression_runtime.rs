@@ -280,7 +280,11 @@ fn every_worker_holds_bit_identical_parameters_after_every_step() {
     });
     for step in 0..8 {
         let (masters, norm, report) = &runs[0][step];
-        let labels: Vec<&str> = report.compression.iter().map(|c| c.label.as_str()).collect();
+        let labels: Vec<&str> = report
+            .compression
+            .iter()
+            .map(|c| c.label.as_str())
+            .collect();
         assert_eq!(labels, ["compress", "group1.compress", "group2.compress"]);
         for other in &runs[1..] {
             assert_eq!(&other[step].0, masters, "step {step}");
@@ -528,9 +532,16 @@ fn resume_is_bit_identical(
     });
     for rank in 0..WORLD {
         let data = regimen_core::runtime::read_checkpoint(&path(rank)).unwrap();
-        let has = |name: &str| data.tensors.iter().any(|(n, values)| n == name && !values.is_empty());
+        let has = |name: &str| {
+            data.tensors
+                .iter()
+                .any(|(n, values)| n == name && !values.is_empty())
+        };
         for param in stateful {
-            assert!(has(&format!("compressor_state/{param}")), "rank {rank}: {param}");
+            assert!(
+                has(&format!("compressor_state/{param}")),
+                "rank {rank}: {param}"
+            );
         }
         for param in with_residual {
             assert!(has(&format!("residual/{param}")), "rank {rank}: {param}");
@@ -702,10 +713,8 @@ fn bytes_on_the_wire_follow_the_communicator_formulas() {
         (0..3).map(|_| worker.step()).collect::<Vec<_>>()
     });
     for step in 0..3 {
-        let topk: Vec<&CompressionReport> =
-            runs.iter().map(|r| &r[step].compression[0]).collect();
-        let none: Vec<&CompressionReport> =
-            runs.iter().map(|r| &r[step].compression[1]).collect();
+        let topk: Vec<&CompressionReport> = runs.iter().map(|r| &r[step].compression[0]).collect();
+        let none: Vec<&CompressionReport> = runs.iter().map(|r| &r[step].compression[1]).collect();
         // Two top-k tensors (layer.weight, head.weight): their payloads are gathered
         // one after the other; per tensor the formula is linear in the sizes, so the
         // sums add up. The sizes message is 8 bytes per peer per tensor.
@@ -761,8 +770,8 @@ fn scheduled_arguments_reach_the_compressor_every_step() {
         vec![("ratio".to_owned(), "compress.ratio".to_owned())]
     );
     let specs = specs();
-    let mut side = compress::build("topk", &Args::new().with("ratio", ArgValue::Number(0.5)))
-        .unwrap();
+    let mut side =
+        compress::build("topk", &Args::new().with("ratio", ArgValue::Number(0.5))).unwrap();
     for step in 0..4u64 {
         let grads = worker.own_gradients();
         let report = worker.try_step(&grads).unwrap();
@@ -873,9 +882,16 @@ fn bind_error(strategy: Strategy, graph: ScalarGraph, options: StepperOptions) -
     let specs = specs();
     let params = initial(&specs);
     let views: Vec<HostTensor<'_>> = params.iter().map(|p| HostTensor::F32(p)).collect();
-    Stepper::new_with(NdArrayBackend::new(), graph, strategy, &specs, &views, options)
-        .err()
-        .expect("binding fails")
+    Stepper::new_with(
+        NdArrayBackend::new(),
+        graph,
+        strategy,
+        &specs,
+        &views,
+        options,
+    )
+    .err()
+    .expect("binding fails")
 }
 
 #[test]
@@ -976,7 +992,14 @@ fn a_failing_communicator_is_a_typed_error() {
     let grads = worker.own_gradients();
     let error = worker.try_step(&grads).unwrap_err();
     assert!(
-        matches!(&error, RuntimeError::Communication { step: 0, error: CommError::PeerGone { .. }, .. }),
+        matches!(
+            &error,
+            RuntimeError::Communication {
+                step: 0,
+                error: CommError::PeerGone { .. },
+                ..
+            }
+        ),
         "{error:?}"
     );
     assert!(
@@ -1040,8 +1063,10 @@ fn internal_error_feedback_keeps_no_host_residual() {
         .all(|p| p.compression.as_ref().unwrap().error_feedback == ErrorFeedback::Internal));
     assert_eq!(
         binding.warnings,
-        ["`compress accumulating`: accumulating accumulates what it does not send itself, \
-          so `with error_feedback` changes nothing"]
+        [
+            "`compress accumulating`: accumulating accumulates what it does not send itself, \
+          so `with error_feedback` changes nothing"
+        ]
     );
     assert!(binding.describe().contains("accumulating, ef internal"));
     worker.step();
@@ -1094,5 +1119,8 @@ fn compressor_state_is_saved_as_packed_bytes() {
     assert_eq!(record["name"], "layer.bias");
     assert_eq!(record["state_bytes"], 24);
     assert_eq!(record["error_feedback"], false);
-    assert!(data.tensors.iter().all(|(name, _)| !name.starts_with("residual/")));
+    assert!(data
+        .tensors
+        .iter()
+        .all(|(name, _)| !name.starts_with("residual/")));
 }

@@ -2,7 +2,10 @@
 //! script's fingerprint, step counters, optimizer scalars, the loss scaler…) followed
 //! by named f32 tensors (master weights, optimizer moments), sealed by a checksum.
 //! This module only reads and writes the container; the stepper decides what goes in
-//! and reports what does not fit with [`CheckpointError::Mismatch`].
+//! and reports what does not fit with [`CheckpointError::Mismatch`]. Opaque bytes (a
+//! gradient compressor's saved state) are stored by the stepper as an f32 tensor of
+//! exact integers, three bytes per element (see the stepper's compression module), so
+//! the container needs no byte-blob records and keeps format version 1.
 //!
 //! # Layout (version 1)
 //!

@@ -19,9 +19,11 @@
 //!    - `Gather`: the payloads are all-gathered and every rank's is decoded, in rank
 //!      order, with `decompress_add(payload, 1/W, avg)`, so every worker computes the
 //!      same bits;
-//! 4. the reconstruction `r` is this worker's own payload decoded (scale 1) or, for
-//!    [`ResidualSource::Aggregate`] methods, the average itself (with one worker the
-//!    two coincide and the average is reused); the relative error `‖x − r‖/‖x‖` is
+//! 4. the reconstruction `r` is this worker's own payload decoded (scale 1; for a
+//!    multi-round method, its own payload of the last round, copied before that
+//!    round's reduction) or, for [`ResidualSource::Aggregate`] methods, the average
+//!    itself (with one worker the two coincide and the average is reused, which saves
+//!    a decode); the relative error `‖x − r‖/‖x‖` is
 //!    measured and, with error feedback, the next residual `x − r` is written to a
 //!    *pending* buffer;
 //! 5. the average is uploaded back into the backend as the gradient the optimizer will
@@ -242,12 +244,7 @@ impl Pipeline {
         let mut bins: Vec<Bin> = Vec::new();
         let mut warned: HashSet<String> = HashSet::new();
         let mut largest = 0usize;
-        for ((bound, spec), rule) in binding
-            .params
-            .iter_mut()
-            .zip(specs)
-            .zip(&plan.compress)
-        {
+        for ((bound, spec), rule) in binding.params.iter_mut().zip(specs).zip(&plan.compress) {
             let rule = match rule {
                 Some(index) => &plan.compress_rules[*index],
                 None if world > 1 => &dense,
@@ -264,16 +261,15 @@ impl Pipeline {
                     error,
                 }
             })?;
-            let asked = requested_feedback(&rule.spec).map_err(|error| {
-                RuntimeError::CompressorBuild {
+            let asked =
+                requested_feedback(&rule.spec).map_err(|error| RuntimeError::CompressorBuild {
                     param: bound.name.clone(),
                     method: method.clone(),
                     error: BuildError::Args {
                         method: method.clone(),
                         error,
                     },
-                }
-            })?;
+                })?;
             let feedback = match (compressor.feedback(), asked) {
                 (FeedbackPolicy::Internal, asked) => {
                     if let Some(asked) = asked {
@@ -508,14 +504,13 @@ impl Pipeline {
         let mut saved = Vec::new();
         for param in self.params.iter().flatten() {
             let mut state = Vec::new();
-            param
-                .compressor
-                .save_state(&mut state)
-                .map_err(|error| RuntimeError::CompressorState {
+            param.compressor.save_state(&mut state).map_err(|error| {
+                RuntimeError::CompressorState {
                     param: param.name.clone(),
                     method: param.method.clone(),
                     error,
-                })?;
+                }
+            })?;
             saved.push(SavedCompression {
                 name: &param.name,
                 method: &param.method,

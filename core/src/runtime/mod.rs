@@ -25,9 +25,9 @@ pub use binding::{Binding, BoundCompression, BoundParam, ErrorFeedback};
 pub use checkpoint::{
     read_checkpoint, write_checkpoint, CheckpointData, CheckpointError, CHECKPOINT_FORMAT_VERSION,
 };
+pub use compression::{BuildCompressor, CompressorRegistry, MAX_ROUNDS};
 pub use glob::{Glob, GlobError};
 pub use scaler::{LossScaler, ScaleDecision};
-pub use compression::{BuildCompressor, CompressorRegistry, MAX_ROUNDS};
 pub use stepper::{Stepper, StepperOptions};
 
 /// One parameter of the model, as the training loop declares it.
@@ -183,7 +183,10 @@ pub struct TrustSummary {
 }
 
 /// Errors of binding and stepping. Every variant leaves parameters and state as they
-/// were before the call.
+/// were before the call, with two exceptions described in the stepper's
+/// documentation: a backend failing halfway through an update, and a compressor or
+/// communicator failing during the exchange (a stateful compressor's own state may
+/// have advanced; the weights, moments, counters and residuals have not).
 #[derive(Debug, Error)]
 pub enum RuntimeError {
     /// The strategy or graph is inconsistent (a missing output, a bad glob, …).

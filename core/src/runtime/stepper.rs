@@ -511,13 +511,13 @@ impl<B: Backend> Stepper<B> {
         }
         if self.comm.world() > 1 {
             let mut non_finite = [if finite { 0.0f32 } else { 1.0 }];
-            self.comm
-                .allreduce_f32(&mut non_finite)
-                .map_err(|error| RuntimeError::Communication {
+            self.comm.allreduce_f32(&mut non_finite).map_err(|error| {
+                RuntimeError::Communication {
                     step,
                     during: "the non-finite flag".to_owned(),
                     error,
-                })?;
+                }
+            })?;
             finite = non_finite[0] == 0.0;
         }
         let mut scaler = self.scaler.clone();
@@ -629,14 +629,7 @@ impl<B: Backend> Stepper<B> {
             compression,
             traffic: self.comm.traffic().since(&traffic_before),
         };
-        Ok(self.report(
-            step,
-            &decision,
-            norms,
-            trust.summary(),
-            metrics,
-            exchange,
-        ))
+        Ok(self.report(step, &decision, norms, trust.summary(), metrics, exchange))
     }
 
     /// Write the whole state to `path` atomically. Each worker of a data-parallel run
@@ -879,7 +872,10 @@ impl<B: Backend> Stepper<B> {
         // Compression: residuals and the compressors' own state.
         if let Some(pipeline) = stepper.compression.as_mut() {
             let no_records = Vec::new();
-            let records = header.compression.as_ref().map_or(&no_records, |c| &c.params);
+            let records = header
+                .compression
+                .as_ref()
+                .map_or(&no_records, |c| &c.params);
             if let Some(record) = &header.compression {
                 let holds_state = record
                     .params

@@ -233,10 +233,12 @@ fn top_k_keeps_exactly_the_k_largest_magnitudes() {
                 let got = top_k(&data, k).unwrap();
                 assert_eq!(got.len(), k, "n {n}, k {k}, levels {levels:?}");
                 assert_eq!(
-                    got,
+                    got.indices,
                     sorted_top_k(&data, k),
                     "n {n}, k {k}, levels {levels:?}"
                 );
+                let at: Vec<f32> = got.indices.iter().map(|&i| data[i as usize]).collect();
+                assert_eq!(got.values, at);
             }
         }
     }
@@ -247,13 +249,42 @@ fn top_k_breaks_ties_by_the_lower_index_and_ignores_signs() {
     // |x| = [1, 2, 2, 0, 2, 1]: the top 2 are two of the three 2s (indices 1, 2, 4) —
     // the lowest indices 1 and 2; -2.0 ranks with 2.0, and -0.0 with 0.0.
     let data = [1.0, -2.0, 2.0, -0.0, 2.0, -1.0];
-    assert_eq!(top_k(&data, 2).unwrap(), vec![1, 2]);
-    assert_eq!(top_k(&data, 4).unwrap(), vec![0, 1, 2, 4]);
-    assert_eq!(top_k(&data, 6).unwrap(), vec![0, 1, 2, 3, 4, 5]);
-    assert_eq!(top_k(&data, 0).unwrap(), Vec::<u32>::new());
+    assert_eq!(top_k(&data, 2).unwrap().indices, vec![1, 2]);
+    assert_eq!(top_k(&data, 4).unwrap().indices, vec![0, 1, 2, 4]);
+    assert_eq!(top_k(&data, 6).unwrap().indices, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(top_k(&data, 0).unwrap().indices, Vec::<u32>::new());
     // All equal over a large tensor: one boundary bucket holding everything.
     let flat = vec![0.25f32; 100_000];
-    assert_eq!(top_k(&flat, 1000).unwrap(), (0..1000).collect::<Vec<u32>>());
+    assert_eq!(
+        top_k(&flat, 1000).unwrap().indices,
+        (0..1000).collect::<Vec<u32>>()
+    );
+}
+
+#[test]
+fn top_k_is_exact_when_its_stride_sample_misleads_it() {
+    // top_k first bounds the k-th largest key from a fixed sample (every 512th
+    // element, at offset 256) and falls back to a histogram when fewer than k elements
+    // reach the bound. Here the sampled elements are the only large ones (195 of
+    // 100 000), so the bound admits too few for k = 1000 and the fallback must run; the
+    // rest are distinct small values.
+    let n = 100_000;
+    let data: Vec<f32> = (0..n)
+        .map(|i| {
+            if i % 512 == 256 {
+                1.0 + i as f32 * 1e-6
+            } else {
+                ((i * 7919) % 100_003) as f32 * 1e-6
+            }
+        })
+        .collect();
+    for k in [100, 195, 196, 1000, 50_000] {
+        assert_eq!(
+            top_k(&data, k).unwrap().indices,
+            sorted_top_k(&data, k),
+            "k {k}"
+        );
+    }
 }
 
 #[test]
@@ -497,7 +528,11 @@ fn threshold_sends_exactly_the_magnitudes_at_or_above_the_value() {
         let expected: Vec<u32> = (0..data.len() as u32)
             .filter(|&i| data[i as usize].abs() >= value)
             .collect();
-        assert_eq!(at_least(&data, value).unwrap(), expected, "value {value}");
+        assert_eq!(
+            at_least(&data, value).unwrap().indices,
+            expected,
+            "value {value}"
+        );
     }
     // Nothing at or above: an empty payload (list encoding of 0 bytes).
     let mut high = Threshold::new(&numbers(&[("value", 100.0)])).unwrap();
@@ -657,7 +692,9 @@ fn sampled_top_k_sends_at_most_k_all_above_the_true_2k_th_value() {
     magnitudes.sort_by(|a, b| b.partial_cmp(a).unwrap());
     let bound = magnitudes[2 * k - 1];
     for seed in 0..4 {
-        let got = sampled_top_k(&data, k, 0.01, [seed, 0, 1, 0]).unwrap();
+        let got = sampled_top_k(&data, k, 0.01, [seed, 0, 1, 0])
+            .unwrap()
+            .indices;
         assert!(got.len() <= k, "{} > {k}", got.len());
         assert!(got.len() >= k / 4, "only {}", got.len());
         assert!(got.windows(2).all(|w| w[0] < w[1]));
@@ -668,13 +705,13 @@ fn sampled_top_k_sends_at_most_k_all_above_the_true_2k_th_value() {
     let flat = vec![1.0f32; 5000];
     let k = element_count(0.01, 5000);
     assert_eq!(
-        sampled_top_k(&flat, k, 0.01, [0; 4]).unwrap(),
+        sampled_top_k(&flat, k, 0.01, [0; 4]).unwrap().indices,
         (0..k as u32).collect::<Vec<u32>>()
     );
     // Small tensors are selected exactly.
     let small = random_vector(1000, 4, None);
     assert_eq!(
-        sampled_top_k(&small, 10, 0.01, [0; 4]).unwrap(),
+        sampled_top_k(&small, 10, 0.01, [0; 4]).unwrap().indices,
         sorted_top_k(&small, 10)
     );
 }
@@ -691,7 +728,9 @@ fn topk_with_approx_sample_uses_the_sampled_selection() {
     // Keyed by [seed, step, tensor, rank] = [11, 3, 5, 1].
     assert_eq!(
         decoded.indices,
-        sampled_top_k(&data, 1000, 0.02, [11, 3, 5, 1]).unwrap()
+        sampled_top_k(&data, 1000, 0.02, [11, 3, 5, 1])
+            .unwrap()
+            .indices
     );
     for (&i, &v) in decoded.indices.iter().zip(&decoded.values) {
         assert_eq!(v, data[i as usize]);
@@ -749,43 +788,51 @@ fn dgc_warms_up_through_four_exponential_stages() {
 fn dgc_momentum_correction_and_masking_by_hand() {
     // m = 0.5, n = 4, ratio 0.25 → k = 1, exact selection, no clipping.
     let mut compressor = dgc(&[("ratio", 0.25), ("momentum", 0.5)]);
-    let steps: [([f32; 4], u32, f32, [f32; 4], [f32; 4]); 3] = [
+    /// One step: the gradient, the (index, value) sent, and u, v afterwards.
+    struct Step {
+        g: [f32; 4],
+        sent: (u32, f32),
+        u: [f32; 4],
+        v: [f32; 4],
+    }
+    let steps = [
         // Step 0: u = g = [1, 2, −4, 0.5]; v = u. Top |v| is index 2 (−4), sent;
         // masking zeroes u[2], v[2].
-        (
-            [1.0, 2.0, -4.0, 0.5],
-            2,
-            -4.0,
-            [1.0, 2.0, 0.0, 0.5],
-            [1.0, 2.0, 0.0, 0.5],
-        ),
+        Step {
+            g: [1.0, 2.0, -4.0, 0.5],
+            sent: (2, -4.0),
+            u: [1.0, 2.0, 0.0, 0.5],
+            v: [1.0, 2.0, 0.0, 0.5],
+        },
         // Step 1: g = 1: u = 0.5·[1, 2, 0, 0.5] + 1 = [1.5, 2, 1, 1.25];
         // v = [1, 2, 0, 0.5] + u = [2.5, 4, 1, 1.75]. Index 1 (4) is sent and masked.
-        (
-            [1.0, 1.0, 1.0, 1.0],
-            1,
-            4.0,
-            [1.5, 0.0, 1.0, 1.25],
-            [2.5, 0.0, 1.0, 1.75],
-        ),
+        Step {
+            g: [1.0, 1.0, 1.0, 1.0],
+            sent: (1, 4.0),
+            u: [1.5, 0.0, 1.0, 1.25],
+            v: [2.5, 0.0, 1.0, 1.75],
+        },
         // Step 2: g = [0, 0, 0, −8]: u = 0.5·[1.5, 0, 1, 1.25] + g = [0.75, 0, 0.5,
         // −7.375]; v = [2.5 + 0.75, 0, 1 + 0.5, 1.75 − 7.375] = [3.25, 0, 1.5, −5.625].
         // Index 3 (|−5.625| > 3.25) is sent and masked.
-        (
-            [0.0, 0.0, 0.0, -8.0],
-            3,
-            -5.625,
-            [0.75, 0.0, 0.5, 0.0],
-            [3.25, 0.0, 1.5, 0.0],
-        ),
+        Step {
+            g: [0.0, 0.0, 0.0, -8.0],
+            sent: (3, -5.625),
+            u: [0.75, 0.0, 0.5, 0.0],
+            v: [3.25, 0.0, 1.5, 0.0],
+        },
     ];
-    for (step, (g, index, value, u, v)) in steps.iter().enumerate() {
-        let payload = compress(&mut compressor, &[4], g, &ctx(step as u64, 0));
+    for (step, expected) in steps.iter().enumerate() {
+        let payload = compress(&mut compressor, &[4], &expected.g, &ctx(step as u64, 0));
         let decoded = read_sparse_payload(MethodId::DGC, &payload, 4).unwrap();
-        assert_eq!(decoded.indices, vec![*index], "step {step}");
-        assert_eq!(decoded.values, vec![*value], "step {step}");
-        assert_eq!(compressor.momentum_buffer(), u, "u after step {step}");
-        assert_eq!(compressor.accumulated(), v, "v after step {step}");
+        assert_eq!(decoded.indices, vec![expected.sent.0], "step {step}");
+        assert_eq!(decoded.values, vec![expected.sent.1], "step {step}");
+        assert_eq!(
+            compressor.momentum_buffer(),
+            expected.u,
+            "u after step {step}"
+        );
+        assert_eq!(compressor.accumulated(), expected.v, "v after step {step}");
     }
 }
 

@@ -58,7 +58,7 @@
 use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
-use super::bits::{par_chunk_sum, sum_squares, write_header, CHUNK};
+use super::bits::{sum_squares, write_header, CHUNK};
 use super::sparse::{
     check_sparse_len, decompress_sparse_add, element_count, ratio_arg, sample_key, sampled_top_k,
     step_ratio, top_k, write_sparse_data, Approx,
@@ -183,6 +183,21 @@ pub fn build(args: &Args) -> Result<Box<dyn Compressor>, ArgError> {
     Ok(Box::new(Dgc::new(args)?))
 }
 
+/// ‖g‖₂: chunk partials (f32 lanes, redone in f64 for a chunk whose squares overflow
+/// f32) in parallel, summed in chunk order in f64 — the same for any thread count.
+fn l2_norm(g: &[f32]) -> f64 {
+    let partial = |chunk: &[f32]| -> f64 {
+        let squares = sum_squares(chunk);
+        if squares.is_finite() {
+            f64::from(squares)
+        } else {
+            chunk.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+        }
+    };
+    let partials: Vec<f64> = g.par_chunks(CHUNK).map(partial).collect();
+    partials.iter().sum::<f64>().sqrt()
+}
+
 /// `u ← m·u + c·g; v ← v + u` over one chunk.
 fn accumulate(momentum: f32, coefficient: f32, g: &[f32], u: &mut [f32], v: &mut [f32]) {
     for ((u, v), &g) in u.iter_mut().zip(v.iter_mut()).zip(g) {
@@ -238,7 +253,7 @@ impl Compressor for Dgc {
         let origin = *self.origin.get_or_insert(ctx.step);
 
         let coefficient = if self.clip > 0.0 {
-            let norm = par_chunk_sum(g, sum_squares).sqrt();
+            let norm = l2_norm(g);
             self.clip_coefficient(norm, ctx.world) as f32
         } else {
             1.0
@@ -262,12 +277,12 @@ impl Compressor for Dgc {
 
         let density = self.density(ctx.step.saturating_sub(origin), ratio);
         let k = element_count(density, n);
-        let indices = match self.approx {
+        let selection = match self.approx {
             Approx::Exact => top_k(&self.accumulated, k)?,
             Approx::Sample => sampled_top_k(&self.accumulated, k, density, sample_key(ctx))?,
         };
-        write_sparse_data(&indices, &self.accumulated, out)?;
-        for &index in &indices {
+        write_sparse_data(&selection, n, out)?;
+        for &index in &selection.indices {
             let index = index as usize;
             if let (Some(u), Some(v)) = (
                 self.momentum_buffer.get_mut(index),

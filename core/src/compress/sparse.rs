@@ -52,34 +52,52 @@
 //!
 //! # Exact top-k in O(n)
 //!
-//! [`top_k`] never sorts the tensor. A radix select on the magnitude keys:
-//! 1. one parallel pass builds a histogram of the top [`BUCKET_BITS`] bits of every key
-//!    (the exponent and the leading mantissa bits), per thread, added up exactly;
-//! 2. walking the histogram from the top finds the *boundary bucket* where the running
-//!    count reaches `k`: everything in higher buckets is certainly sent;
-//! 3. a second parallel pass, over fixed chunks, gathers the indices of every key in the
-//!    boundary bucket or above, in index order;
-//! 4. among the boundary-bucket candidates only (a small fraction of `n`), a selection
-//!    (`select_nth_unstable`, O(candidates)) finds the exact `k`-th largest key `T` and
-//!    how many of the keys equal to `T` are needed; one pass over the candidate list
-//!    keeps the keys above `T` and the first such ties by index.
+//! [`top_k`] never sorts the tensor. It finds a key bound that at least `k` elements
+//! reach, gathers those elements in one pass, and ranks only them:
+//! 1. **Estimate**: a fixed sample — one element per [`ESTIMATE_STRIDE`] — gives two
+//!    bounds around the `k`-th largest key: `low`, the sample's key of rank
+//!    `e + m` (from the top), and `high`, of rank `e − m`, where `e = s·k/n` is the
+//!    expected rank and `m = `[`ESTIMATE_SIGMAS`]`·√e + 2` a binomial margin.
+//! 2. **Gather**: one parallel pass over fixed chunks collects the index and value of
+//!    every element with key ≥ `low`, in index order (branch-free block masks, see
+//!    `gather_chunk`), typically `k·(1 + m/e)` of them.
+//! 3. **Verify**: if at least `k` were gathered, the `k`-th largest key is ≥ `low`, so
+//!    the true top k — ties included — are all among them and the result is exact.
+//!    Keys ≥ `high` are kept outright (when there are at most `k` of them); among the
+//!    rest a selection (`select_nth_unstable`, O(m)) finds the cut `T` and how many
+//!    keys equal to `T` are needed, and one pass keeps the keys above `T` and the
+//!    first such ties by index.
+//! 4. **Fallback**: when the sample misled (fewer than `k` gathered), or `k` is too
+//!    large for a sample to narrow anything, a radix select: a parallel histogram of
+//!    the top [`BUCKET_BITS`] bits of every key (exact integer counts, per thread,
+//!    added up) finds the *boundary bucket* where the running count from the top
+//!    reaches `k`; everything above it is kept outright, the boundary bucket's
+//!    candidates are ranked as in 3.
 //!
-//! The result is exactly `k` indices in increasing order, the same for any number of
-//! threads (histogram counts are exact integers; candidates are concatenated in chunk
-//! order; `T` is a value, not a position).
+//! Each step is O(n) (the selection is O(candidates)); the usual cost is one streaming
+//! pass plus a sample of `n/512` elements. The result is exactly `k` elements with
+//! their values, in increasing index order, the same for any number of threads (the
+//! bounds only decide how much work is done, never which elements win; candidates are
+//! concatenated in chunk order; `T` is a value, not a position).
 //!
 //! # Sampled threshold (DGC)
 //!
 //! [`sampled_top_k`] follows Lin et al. 2018 (Deep Gradient Compression, §3 and the
 //! authors' implementation): it samples `s = min(n, max(`[`MIN_SAMPLES`]`,
-//! ⌈`[`SAMPLE_FRACTION`]`·n⌉))` magnitudes — stratified: sample `j` is drawn uniformly
-//! from the `j`-th of `s` equal slices of the tensor, with [`StreamRng`] on
+//! ⌈`[`SAMPLE_FRACTION`]`·n⌉))` magnitudes — stratified: sample `j` is drawn from the
+//! `j`-th of `s` equal slices of the tensor, at offset `⌊u·len/2³²⌋` for a 32-bit
+//! draw `u` (uniform up to a bias below `len/2³²`), with [`StreamRng`] on
 //! [`Stream::Sample`] keyed by `(seed, step, tensor, rank, block of`
 //! [`SAMPLE_BLOCK`]` samples)` — takes as threshold the `⌈r·s⌉`-th largest sampled
 //! key, and selects every element at or above it. When that selects more than `k`
-//! elements, the exact top-k among them is kept (the paper's hierarchical selection),
-//! so at most `k` elements are sent; it may be fewer. Tensors of at most
-//! [`MIN_SAMPLES`] elements use the exact selection.
+//! elements, the exact top-k among them is kept (the paper's hierarchical selection,
+//! ranked as in step 3 above), so at most `k` elements are sent; it may be fewer.
+//! Tensors of at most [`MIN_SAMPLES`] elements use the exact selection.
+//!
+//! On a CPU the exact selection costs about one pass, so sampling saves little there
+//! (its scattered reads cost about as much as the pass it replaces); it is provided
+//! because it is DGC's algorithm, and its result is what a GPU implementation of the
+//! paper sends.
 //!
 //! # Threshold
 //!
@@ -117,13 +135,19 @@ pub const BUCKET_BITS: u32 = 12;
 const BUCKETS: usize = 1 << BUCKET_BITS;
 const BUCKET_SHIFT: u32 = 31 - BUCKET_BITS;
 
-/// Below this many elements a selection skips the histogram (whose setup costs more
-/// than selecting among all keys directly).
+/// Up to this many elements [`top_k`] ranks all keys directly: estimating bounds or
+/// building a histogram would cost more.
 const SMALL: usize = 4 * BUCKETS;
 
-/// Elements per block in the candidate-gathering loop: a block whose largest key is
-/// below the bound is skipped after one vectorised max.
+/// Elements per block in the candidate-gathering loop (one comparison mask each).
 const GATHER_BLOCK: usize = 16;
+
+/// Stride of the fixed sample with which [`top_k`] estimates its bounds.
+pub const ESTIMATE_STRIDE: usize = 512;
+
+/// Margin of [`top_k`]'s estimated bounds, in binomial standard deviations of the
+/// sample count.
+pub const ESTIMATE_SIGMAS: f64 = 4.0;
 
 /// The elements a ratio `ratio` of `n` sends: `max(1, ⌈ratio·n⌉)`, at most `n`, 0 when
 /// `n` is 0. A product within a relative 10⁻⁹ of a whole number counts as that number.
@@ -290,12 +314,36 @@ pub fn varint_len(value: u32) -> usize {
     bits.div_ceil(7)
 }
 
-fn write_varint(mut value: u32, out: &mut Vec<u8>) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
+/// The LEB128 bytes of `value` packed in a little-endian u64 (7 bits per byte, the
+/// continuation bit set on all but the last of its [`varint_len`] bytes).
+#[inline(always)]
+fn varint_word(value: u32) -> u64 {
+    let v = u64::from(value);
+    let spread = (v & 0x7F)
+        | ((v << 1) & 0x7F00)
+        | ((v << 2) & 0x7F_0000)
+        | ((v << 3) & 0x7F00_0000)
+        | ((v << 4) & 0x0F_0000_0000);
+    let continued = varint_len(value) - 1;
+    spread | (0x8080_8080_8080_8080u64 & ((1u64 << (8 * continued)) - 1))
+}
+
+/// Append the delta varints of `indices`: each varint is stored as a whole 8-byte
+/// word and the write position advanced by its length, so lengths never branch.
+fn write_delta(indices: &[u32], out: &mut Vec<u8>) {
+    let len: usize = gaps(indices).map(varint_len).sum();
+    let start = out.len();
+    // Eight bytes of slack for the last word, cut off below.
+    out.resize(start + len + 8, 0);
+    let buffer = &mut out[start..];
+    let mut position = 0;
+    for gap in gaps(indices) {
+        if let Some(slot) = buffer.get_mut(position..position + 8) {
+            slot.copy_from_slice(&varint_word(gap).to_le_bytes());
+        }
+        position += varint_len(gap);
     }
-    out.push(value as u8);
+    out.truncate(start + len);
 }
 
 fn read_varint(reader: &mut WireReader<'_>) -> Result<u32, WireError> {
@@ -345,12 +393,7 @@ pub fn write_indices(encoding: IndexEncoding, indices: &[u32], n: usize, out: &m
                 out.extend_from_slice(&index.to_le_bytes());
             }
         }
-        IndexEncoding::Delta => {
-            out.reserve(indices.len() + indices.len() / 2);
-            for gap in gaps(indices) {
-                write_varint(gap, out);
-            }
-        }
+        IndexEncoding::Delta => write_delta(indices, out),
         IndexEncoding::Bitmap => {
             let start = out.len();
             out.resize(start + n.div_ceil(8), 0);
@@ -464,31 +507,36 @@ pub fn sparse_data_len(indices: &[u32], n: usize) -> usize {
     SPARSE_PREAMBLE_BYTES + encoding.encoded_len(indices, n) + 4 * indices.len()
 }
 
-/// Append the sparse data section (after the header, which the caller wrote): the
-/// indices in their smallest encoding and `source[i]` for each index `i`.
-/// `indices` must be strictly increasing and `< source.len()`.
+/// Append the sparse data section (after the header, which the caller wrote) of
+/// `selection` over a tensor of `n` elements: the indices in their smallest encoding,
+/// then the values. The indices must be strictly increasing and `< n`.
 pub fn write_sparse_data(
-    indices: &[u32],
-    source: &[f32],
+    selection: &Selection,
+    n: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), CompressError> {
-    let n = source.len();
     check_sparse_len(n)?;
+    let indices = &selection.indices;
     let count = u32::try_from(indices.len()).map_err(|_| CompressError::Length {
         what: "sparse selection",
         expected: MAX_SPARSE_ELEMENTS,
         actual: indices.len(),
     })?;
+    if selection.values.len() != indices.len() {
+        return Err(CompressError::Length {
+            what: "sparse selection values",
+            expected: indices.len(),
+            actual: selection.values.len(),
+        });
+    }
     let encoding = choose_encoding(indices, n);
+    out.reserve(SPARSE_PREAMBLE_BYTES + encoding.encoded_len(indices, n) + 4 * indices.len());
     out.push(encoding.tag());
     out.extend_from_slice(&count.to_le_bytes());
     write_indices(encoding, indices, n, out);
     let start = out.len();
     out.resize(start + 4 * indices.len(), 0);
-    for (slot, &index) in out[start..].chunks_exact_mut(4).zip(indices) {
-        let value = source.get(index as usize).copied().ok_or_else(|| {
-            CompressError::Failed(format!("selected index {index} beyond {n} elements"))
-        })?;
+    for (slot, value) in out[start..].chunks_exact_mut(4).zip(&selection.values) {
         slot.copy_from_slice(&value.to_le_bytes());
     }
     Ok(())
@@ -562,116 +610,198 @@ pub fn decompress_sparse_add(
 // ---------------------------------------------------------------------------------
 
 /// [`magnitude_key`] as an i32 (never negative): signed comparisons vectorise on
-/// every x86-64 (SSE2), unsigned ones and integer max need SSE4.1.
+/// every x86-64 (SSE2), unsigned ones need SSE4.1.
 #[inline(always)]
 fn signed_key(x: f32) -> i32 {
     (x.to_bits() & 0x7FFF_FFFF) as i32
 }
 
-/// Indices (in increasing order) of the elements of `chunk` whose key is at least
-/// `bound`, offset by `base`.
-fn gather_chunk(chunk: &[f32], base: u32, bound: u32, out: &mut Vec<u32>) {
+/// Selected elements: increasing indices and the values there, side by side (the
+/// values are read while the tensor streams through the cache, so neither ranking
+/// nor writing the payload goes back to it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selection {
+    /// Indices, strictly increasing.
+    pub indices: Vec<u32>,
+    /// The value at each index.
+    pub values: Vec<f32>,
+}
+
+impl Selection {
+    /// Number of elements selected.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Whether nothing is selected.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    fn concat(parts: Vec<Selection>) -> Selection {
+        let total = parts.iter().map(Selection::len).sum();
+        let mut all = Selection {
+            indices: Vec::with_capacity(total),
+            values: Vec::with_capacity(total),
+        };
+        for part in parts {
+            all.indices.extend_from_slice(&part.indices);
+            all.values.extend_from_slice(&part.values);
+        }
+        all
+    }
+}
+
+/// Blocks of [`GATHER_BLOCK`] elements per gathering step: the block flags of one step
+/// fit a small stack array.
+const GATHER_STEP: usize = 1024 * GATHER_BLOCK;
+
+/// The elements of `chunk` whose key is at least `bound`, indices offset by `base`.
+///
+/// Two levels, both without data-dependent branches in their inner loops: the first
+/// compares whole blocks (vectorised) and writes down, branch-free, the blocks holding
+/// any candidate; the second visits only those blocks — still in cache — and extracts
+/// their candidates from a bit mask, one step per candidate. A branch per block on
+/// "any candidate?" would mispredict on a good share of the blocks at 1% density.
+fn gather_chunk(chunk: &[f32], base: u32, bound: u32, out: &mut Selection) {
     // Keys are below 2³¹; a bound at or above it selects nothing.
     let Ok(bound) = i32::try_from(bound) else {
         return;
     };
-    let mut blocks = chunk.chunks_exact(GATHER_BLOCK);
-    let mut offset = base;
-    for block in &mut blocks {
-        // One vectorised comparison over the block; most blocks end here.
-        let any = block
-            .iter()
-            .fold(0u32, |any, &x| any | u32::from(signed_key(x) >= bound));
-        if any != 0 {
-            // Branch-free compaction: a data-dependent branch per element would
-            // mispredict on most of the blocks that get here.
-            let mut kept = [0u32; GATHER_BLOCK];
-            let mut count = 0usize;
-            for (j, &x) in block.iter().enumerate() {
-                kept[count % GATHER_BLOCK] = offset + j as u32;
-                count += usize::from(signed_key(x) >= bound);
-            }
-            out.extend_from_slice(&kept[..count.min(GATHER_BLOCK)]);
+    let mut flagged = [0u32; GATHER_STEP / GATHER_BLOCK];
+    for (step, part) in chunk.chunks(GATHER_STEP).enumerate() {
+        let part_base = base + (step * GATHER_STEP) as u32;
+        let mut blocks = part.chunks_exact(GATHER_BLOCK);
+        let mut count = 0usize;
+        for (b, block) in (&mut blocks).enumerate() {
+            let any = block
+                .iter()
+                .fold(0u32, |any, &x| any | u32::from(signed_key(x) >= bound));
+            flagged[count % flagged.len()] = b as u32;
+            count += any as usize;
         }
-        offset += GATHER_BLOCK as u32;
-    }
-    for (j, &x) in blocks.remainder().iter().enumerate() {
-        if signed_key(x) >= bound {
-            out.push(offset + j as u32);
+        for &b in &flagged[..count.min(flagged.len())] {
+            let start = b as usize * GATHER_BLOCK;
+            let Some(block) = part.get(start..start + GATHER_BLOCK) else {
+                continue;
+            };
+            let mut mask = block.iter().enumerate().fold(0u32, |mask, (j, &x)| {
+                mask | (u32::from(signed_key(x) >= bound) << j)
+            });
+            while mask != 0 {
+                let j = mask.trailing_zeros();
+                if let Some(&x) = block.get(j as usize) {
+                    out.indices.push(part_base + start as u32 + j);
+                    out.values.push(x);
+                }
+                mask &= mask - 1;
+            }
+        }
+        let tail_base = part_base + (part.len() - blocks.remainder().len()) as u32;
+        for (j, &x) in blocks.remainder().iter().enumerate() {
+            if signed_key(x) >= bound {
+                out.indices.push(tail_base + j as u32);
+                out.values.push(x);
+            }
         }
     }
 }
 
-/// Indices of every element whose key is at least `bound`, in increasing order;
-/// parallel over fixed chunks concatenated in chunk order. `values.len()` must not
-/// exceed [`MAX_SPARSE_ELEMENTS`].
-fn gather_at_least(values: &[f32], bound: u32) -> Vec<u32> {
+/// Every element whose key is at least `bound`, in increasing index order; parallel
+/// over fixed chunks concatenated in chunk order. `values.len()` must not exceed
+/// [`MAX_SPARSE_ELEMENTS`].
+///
+/// `expected` is the fraction of elements expected to pass (0 when unknown): each
+/// chunk reserves a little more than that, so that dense selections do not grow their
+/// buffers step by step.
+fn gather_at_least(values: &[f32], bound: u32, expected: f64) -> Selection {
+    let reserve = |len: usize| -> Selection {
+        let capacity = ((expected * 1.1).min(1.0) * len as f64) as usize + GATHER_BLOCK;
+        Selection {
+            indices: Vec::with_capacity(capacity),
+            values: Vec::with_capacity(capacity),
+        }
+    };
     if values.len() <= CHUNK {
-        let mut out = Vec::new();
+        let mut out = reserve(values.len());
         gather_chunk(values, 0, bound, &mut out);
         return out;
     }
-    let parts: Vec<Vec<u32>> = values
+    let parts: Vec<Selection> = values
         .par_chunks(CHUNK)
         .enumerate()
         .map(|(c, chunk)| {
-            let mut out = Vec::new();
+            let mut out = reserve(chunk.len());
             gather_chunk(chunk, (c * CHUNK) as u32, bound, &mut out);
             out
         })
         .collect();
-    parts.concat()
+    Selection::concat(parts)
 }
 
-/// Indices of every element with `|x| ≥ threshold` (by [`magnitude_key`], so a NaN
-/// element counts as above any threshold), in increasing order. `threshold` should
-/// be non-negative. Fails for tensors beyond [`MAX_SPARSE_ELEMENTS`].
-pub fn at_least(values: &[f32], threshold: f32) -> Result<Vec<u32>, CompressError> {
+/// Every element with `|x| ≥ threshold` (by [`magnitude_key`], so a NaN element
+/// counts as above any threshold), in increasing index order. `threshold` should be
+/// non-negative. Fails for tensors beyond [`MAX_SPARSE_ELEMENTS`].
+pub fn at_least(values: &[f32], threshold: f32) -> Result<Selection, CompressError> {
     check_sparse_len(values.len())?;
-    Ok(gather_at_least(values, magnitude_key(threshold)))
+    Ok(gather_at_least(values, magnitude_key(threshold), 0.0))
 }
 
-/// Keep exactly `k` of `candidates` (increasing indices into `values`): every one
-/// whose key is at least `sure` (the caller guarantees at most `k` of those), then the
-/// largest of the rest, ties by lower index. The result stays in increasing order.
-fn keep_largest(values: &[f32], candidates: Vec<u32>, k: usize, sure: u32) -> Vec<u32> {
+/// Keep exactly `k` of `candidates` (or all of them when there are at most `k`): every
+/// one whose key is at least `sure` — when at most `k` are, else the bound is ignored —
+/// then the largest of the rest, ties by lower index. The result stays in increasing
+/// index order.
+fn keep_largest(candidates: Selection, k: usize, sure: u32) -> Selection {
     if candidates.len() <= k {
         return candidates;
     }
-    let key_of = |index: u32| values.get(index as usize).map_or(0, |&x| magnitude_key(x));
-    let mut undecided: Vec<u32> = candidates
-        .iter()
-        .map(|&i| key_of(i))
-        .filter(|&key| key < sure)
-        .collect();
+    // The loops below are branch-free (write, then advance by the condition): which
+    // side of a bound a candidate falls on is as good as random.
+    let mut undecided = vec![0u32; candidates.len()];
+    let mut count = 0usize;
+    for &value in &candidates.values {
+        let key = magnitude_key(value);
+        if let Some(slot) = undecided.get_mut(count) {
+            *slot = key;
+        }
+        count += usize::from(key < sure);
+    }
+    undecided.truncate(count);
     let decided = candidates.len() - undecided.len();
     if decided > k {
-        // The caller's guarantee failed; decide everything by rank instead.
-        return keep_largest(values, candidates, k, u32::MAX);
+        return keep_largest(candidates, k, u32::MAX);
     }
     let need = k - decided;
-    if need == 0 {
-        return candidates
-            .into_iter()
-            .filter(|&i| key_of(i) >= sure)
-            .collect();
+    // The cut: every key above it is kept, and `ties` of the keys equal to it, by index.
+    let (cut, mut ties) = if need == 0 {
+        (sure, 0)
+    } else {
+        // need ≤ undecided.len(), since candidates.len() > k.
+        let position = undecided.len() - need;
+        let (_, &mut cut, _) = undecided.select_nth_unstable(position);
+        let above = undecided.iter().filter(|&&key| key > cut).count();
+        (cut, need - above)
+    };
+    // Compact in place: the write position never passes the read position, and no
+    // second buffer of the output's size is allocated (and faulted in).
+    let Selection {
+        mut indices,
+        mut values,
+    } = candidates;
+    let len = indices.len().min(values.len());
+    let mut count = 0usize;
+    for read in 0..len {
+        let (index, value) = (indices[read], values[read]);
+        let key = magnitude_key(value);
+        let tie = key == cut && ties > 0;
+        ties -= usize::from(tie);
+        indices[count] = index;
+        values[count] = value;
+        count += usize::from(key > cut || tie);
     }
-    // `need ≤ undecided.len()` since candidates.len() > k.
-    let position = undecided.len() - need;
-    let (_, &mut cut, _) = undecided.select_nth_unstable(position);
-    let above = undecided.iter().filter(|&&key| key > cut).count();
-    let mut ties = need - above;
-    let mut kept = Vec::with_capacity(k);
-    for index in candidates {
-        let key = key_of(index);
-        if key > cut {
-            kept.push(index);
-        } else if key == cut && ties > 0 {
-            kept.push(index);
-            ties -= 1;
-        }
-    }
-    kept
+    indices.truncate(count);
+    values.truncate(count);
+    Selection { indices, values }
 }
 
 /// Bucket counts of the top [`BUCKET_BITS`] bits of the keys: two interleaved
@@ -716,20 +846,82 @@ impl Histogram {
     }
 }
 
-/// Indices of the `k` elements of largest magnitude, in increasing order: exact, ties
-/// by lower index, in O(n) (see the module doc). All indices when `k ≥ n`. Fails for
-/// tensors beyond [`MAX_SPARSE_ELEMENTS`].
-pub fn top_k(values: &[f32], k: usize) -> Result<Vec<u32>, CompressError> {
+/// The `(low, high)` key bounds that the fixed stride sample of `values` (one element
+/// per [`ESTIMATE_STRIDE`]) puts around the `k`-th largest key: `low` should have a
+/// little more than `k` keys at or above it and `high` fewer — each by
+/// [`ESTIMATE_SIGMAS`] binomial standard deviations of the sample count — and the
+/// fraction of the tensor expected at or above `low`. `None` when the tensor is too
+/// small or `k` too large for a sample to narrow anything.
+fn estimate_bounds(values: &[f32], k: usize) -> Option<(u32, u32, f64)> {
+    let n = values.len();
+    let s = n / ESTIMATE_STRIDE;
+    if s < 64 {
+        return None;
+    }
+    let mut sample: Vec<u32> = (0..s)
+        .into_par_iter()
+        .with_min_len(SAMPLE_BLOCK)
+        .map(|j| {
+            values
+                .get(j * ESTIMATE_STRIDE + ESTIMATE_STRIDE / 2)
+                .map_or(0, |&x| magnitude_key(x))
+        })
+        .collect();
+    let expected = s as f64 * (k as f64 / n as f64);
+    let margin = ESTIMATE_SIGMAS * expected.sqrt() + 2.0;
+    let low_rank = (expected + margin).ceil() as usize;
+    if low_rank >= s {
+        return None;
+    }
+    let high_rank = (expected - margin).floor().max(0.0) as usize;
+    let (low, high) = ranked_pair(&mut sample, low_rank, high_rank)?;
+    Some((low, high, low_rank as f64 / s as f64))
+}
+
+/// The `low_rank`-th and `high_rank`-th largest keys of `sample` (ranks from 1; a
+/// `high_rank` of 0 gives `u32::MAX`, a bound nothing reaches). `None` unless
+/// `1 ≤ low_rank ≤ sample.len()`; `high_rank` should be below `low_rank`.
+fn ranked_pair(sample: &mut [u32], low_rank: usize, high_rank: usize) -> Option<(u32, u32)> {
+    let len = sample.len();
+    if low_rank == 0 || low_rank > len {
+        return None;
+    }
+    let (_, &mut low, larger) = sample.select_nth_unstable(len - low_rank);
+    // `larger` holds the low_rank − 1 keys ranked above `low`.
+    let high = if high_rank == 0 || high_rank > larger.len() {
+        u32::MAX
+    } else {
+        let position = larger.len() - high_rank;
+        *larger.select_nth_unstable(position).1
+    };
+    Some((low, high))
+}
+
+/// The `k` elements of largest magnitude (indices and values), in increasing index
+/// order: exact, ties by lower index, in O(n) (see the module doc). Everything when
+/// `k ≥ n`. Fails for tensors beyond [`MAX_SPARSE_ELEMENTS`].
+pub fn top_k(values: &[f32], k: usize) -> Result<Selection, CompressError> {
     let n = values.len();
     check_sparse_len(n)?;
     if k >= n {
-        return Ok((0..n as u32).collect());
+        return Ok(Selection {
+            indices: (0..n as u32).collect(),
+            values: values.to_vec(),
+        });
     }
     if k == 0 {
-        return Ok(Vec::new());
+        return Ok(Selection::default());
     }
     if n <= SMALL {
-        return Ok(keep_largest(values, (0..n as u32).collect(), k, u32::MAX));
+        return Ok(keep_largest(gather_at_least(values, 0, 1.0), k, u32::MAX));
+    }
+    if let Some((low, high, expected)) = estimate_bounds(values, k) {
+        let candidates = gather_at_least(values, low, expected);
+        // At least k keys ≥ low: the k-th largest key is ≥ low, so every element of
+        // the top k (ties included) is a candidate and the selection below is exact.
+        if candidates.len() >= k {
+            return Ok(keep_largest(candidates, k, high));
+        }
     }
     let histogram = values
         .par_chunks(CHUNK)
@@ -750,15 +942,24 @@ pub fn top_k(values: &[f32], k: usize) -> Result<Vec<u32>, CompressError> {
     }
     let lower = (boundary as u32) << BUCKET_SHIFT;
     let upper = ((boundary as u32) + 1) << BUCKET_SHIFT;
-    let candidates = gather_at_least(values, lower);
-    Ok(keep_largest(values, candidates, k, upper))
+    let expected = (above + histogram.count(boundary)) as f64 / n as f64;
+    Ok(keep_largest(
+        gather_at_least(values, lower, expected),
+        k,
+        upper,
+    ))
 }
 
 /// The sampled magnitudes of the stratified sample of `s` elements (see the module
 /// doc), keyed by `key` = `[seed, step, tensor, rank]`.
 fn sample_keys(values: &[f32], s: usize, key: [u64; 4]) -> Vec<u32> {
-    let n = values.len() as u64;
-    let s64 = s as u64;
+    let n = values.len();
+    if s == 0 || s > n {
+        return Vec::new();
+    }
+    // Slice j is [⌊j·n/s⌋, ⌊(j+1)·n/s⌋): q or q + 1 elements, walked without a
+    // division per sample (Bresenham).
+    let (q, r) = (n / s, n % s);
     let blocks = s.div_ceil(SAMPLE_BLOCK);
     let draw_block = |block: usize| -> Vec<u32> {
         let mut rng = StreamRng::new(
@@ -767,16 +968,35 @@ fn sample_keys(values: &[f32], s: usize, key: [u64; 4]) -> Vec<u32> {
         );
         let first = block * SAMPLE_BLOCK;
         let last = (first + SAMPLE_BLOCK).min(s);
-        (first..last)
-            .map(|j| {
-                let j = j as u64;
-                // Slice j is [⌊j·n/s⌋, ⌊(j+1)·n/s⌋), non-empty since s ≤ n.
-                let start = (u128::from(j) * u128::from(n) / u128::from(s64)) as u64;
-                let end = (u128::from(j + 1) * u128::from(n) / u128::from(s64)) as u64;
-                let at = start + rng.below(end - start);
-                values.get(at as usize).map_or(0, |&x| magnitude_key(x))
-            })
-            .collect()
+        // j·n < 2⁶⁴ since both are below 2³².
+        let scaled = first as u64 * n as u64;
+        let mut start = (scaled / s as u64) as usize;
+        let mut error = (scaled % s as u64) as usize;
+        let mut keys = Vec::with_capacity(last - first);
+        let mut bits = 0u64;
+        for j in first..last {
+            // Branch-free: a mispredicted branch here would cancel the overlapping
+            // cache misses of the neighbouring samples.
+            error += r;
+            let carry = usize::from(error >= s);
+            error -= carry * s;
+            let len = q + carry;
+            // Two 32-bit draws per generator call; the offset ⌊u·len/2³²⌋ is uniform
+            // up to a bias below len/2³², immaterial for a threshold estimate.
+            if (j - first) % 2 == 0 {
+                bits = rng.next_u64();
+            } else {
+                bits >>= 32;
+            }
+            let offset = ((bits & 0xFFFF_FFFF) * len as u64) >> 32;
+            keys.push(
+                values
+                    .get(start + offset as usize)
+                    .map_or(0, |&x| magnitude_key(x)),
+            );
+            start += len;
+        }
+        keys
     };
     if blocks <= 1 {
         return draw_block(0);
@@ -785,16 +1005,16 @@ fn sample_keys(values: &[f32], s: usize, key: [u64; 4]) -> Vec<u32> {
     parts.concat()
 }
 
-/// At most `k` indices of large magnitude, in increasing order, by DGC's sampled
-/// threshold for the density `ratio` (see the module doc); `key` is
-/// `[seed, step, tensor, rank]`. Exact when `values` has at most [`MIN_SAMPLES`]
-/// elements or `k ≥ n`.
+/// At most `k` elements of large magnitude (indices and values), in increasing index
+/// order, by DGC's sampled threshold for the density `ratio` (see the module doc);
+/// `key` is `[seed, step, tensor, rank]`. Exact when `values` has at most
+/// [`MIN_SAMPLES`] elements or `k ≥ n`.
 pub fn sampled_top_k(
     values: &[f32],
     k: usize,
     ratio: f64,
     key: [u64; 4],
-) -> Result<Vec<u32>, CompressError> {
+) -> Result<Selection, CompressError> {
     let n = values.len();
     check_sparse_len(n)?;
     if n <= MIN_SAMPLES || k >= n || k == 0 {
@@ -802,15 +1022,26 @@ pub fn sampled_top_k(
     }
     let s = element_count(SAMPLE_FRACTION, n).clamp(MIN_SAMPLES, n);
     let mut sample = sample_keys(values, s, key);
-    let sample_k = element_count(ratio, s);
     if sample.is_empty() {
         return top_k(values, k);
     }
-    // 1 ≤ sample_k ≤ s = sample.len(), so the position is in range.
-    let position = sample.len() - sample_k.min(sample.len());
-    let threshold = *sample.select_nth_unstable(position).1;
-    let candidates = gather_at_least(values, threshold);
-    Ok(keep_largest(values, candidates, k, u32::MAX))
+    let sample_k = element_count(ratio, s);
+    // Keys at or above the sample's `sample_k − 4σ − 2`-th largest are almost surely
+    // fewer than k: they are kept without ranking, which leaves only the keys between
+    // the two bounds to rank when the threshold selects more than k.
+    let high_rank =
+        (sample_k as f64 - ESTIMATE_SIGMAS * (sample_k as f64).sqrt() - 2.0).max(0.0) as usize;
+    match ranked_pair(&mut sample, sample_k, high_rank) {
+        Some((threshold, high)) => {
+            let expected = sample_k as f64 / s as f64;
+            Ok(keep_largest(
+                gather_at_least(values, threshold, expected),
+                k,
+                high,
+            ))
+        }
+        None => top_k(values, k),
+    }
 }
 
 /// The key parts of the sampling stream for `ctx`: `[seed, step, tensor, rank]`.

@@ -94,8 +94,8 @@ impl Compressor for Threshold {
             None => self.value,
         };
         write_header(self.method_id(), &input, out)?;
-        let indices = at_least(input.data, value)?;
-        write_sparse_data(&indices, input.data, out)
+        let selection = at_least(input.data, value)?;
+        write_sparse_data(&selection, input.data.len(), out)
     }
 
     fn decompress_add(

@@ -94,11 +94,11 @@ impl Compressor for TopK {
         let ratio = step_ratio(self.ratio, ctx, "ratio")?;
         write_header(self.method_id(), &input, out)?;
         let k = element_count(ratio, data.len());
-        let indices = match self.approx {
+        let selection = match self.approx {
             Approx::Exact => top_k(data, k)?,
             Approx::Sample => sampled_top_k(data, k, ratio, sample_key(ctx))?,
         };
-        write_sparse_data(&indices, data, out)
+        write_sparse_data(&selection, data.len(), out)
     }
 
     fn decompress_add(

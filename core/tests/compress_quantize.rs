@@ -3,9 +3,12 @@
 //! to each method's formula, unbiasedness and the QSGD variance bound, determinism
 //! (also across thread counts), and corrupt fields refused.
 
+// Test helpers outside #[test] functions unwrap too; a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use regimen_core::compress::cast::{Cast, CastKind};
 use regimen_core::compress::int8::Int8;
-use regimen_core::compress::qsgd::{code_width, Qsgd};
+use regimen_core::compress::qsgd::{code_width, level_width, Qsgd};
 use regimen_core::compress::sign::{column_means, OneBit, Sign};
 use regimen_core::compress::terngrad::TernGrad;
 use regimen_core::compress::{
@@ -222,25 +225,26 @@ fn bits_on_the_wire_equal_each_formula() {
             ),
             // 2 bits per element.
             ("terngrad", Args::new(), header(d) + 4 + (2 * n).div_ceil(8)),
-            // s = 8: 4 + 1 = 5 bits, buckets of 512.
+            // qsgd: s and B, the norms, then ⌈n·(L+1)/8⌉ bytes of codes.
+            // s = 8: L = 4 → 5 bits, buckets of 512.
             (
                 "qsgd",
                 Args::new(),
                 header(d) + 8 + 4 * n.div_ceil(512) + (5 * n).div_ceil(8),
             ),
-            // s = 1: 1 + 1 = 2 bits, one bucket.
+            // s = 1: L = 1 → 2 bits, one bucket.
             (
                 "qsgd",
                 args(&[("levels", 1.0), ("bucket", 0.0)]),
                 header(d) + 8 + 4 + (2 * n).div_ceil(8),
             ),
-            // s = 255: 8 + 1 = 9 bits, buckets of 16.
+            // s = 255: L = 8 → 9 bits, buckets of 16.
             (
                 "qsgd",
                 args(&[("levels", 255.0), ("bucket", 16.0)]),
                 header(d) + 8 + 4 * n.div_ceil(16) + (9 * n).div_ceil(8),
             ),
-            // s = 7: 3 + 1 = 4 bits, buckets of 100 000 (more than a work chunk).
+            // s = 7: L = 3 → 4 bits, buckets of 100 000 (more than a work chunk).
             (
                 "qsgd",
                 args(&[("levels", 7.0), ("bucket", 100_000.0)]),
@@ -261,6 +265,11 @@ fn bits_on_the_wire_equal_each_formula() {
     }
     for levels in [1u64, 2, 3, 4, 7, 8, 15, 16, 255, 256, 32767] {
         assert_eq!(
+            u64::from(level_width(levels as u32)),
+            level_bits(levels),
+            "s = {levels}"
+        );
+        assert_eq!(
             u64::from(code_width(levels as u32)),
             level_bits(levels) + 1,
             "s = {levels}"
@@ -276,8 +285,8 @@ fn qsgd_payload_is_exact_when_every_element_sits_on_a_level() {
     // rounding is certain whatever the random draws.
     let mut qsgd = Qsgd::new(&args(&[("levels", 5.0)])).unwrap();
     let payload = encode(&mut qsgd, &[2], &[3.0, -4.0]);
-    // w = ⌈log2 6⌉ + 1 = 4 bits; codes level<<1 | sign: 3<<1|0 = 6, 4<<1|1 = 9 →
-    // byte 6 | 9<<4 = 0x96.
+    // s = 5, B = 512, norm 5; w = ⌈log2 6⌉ + 1 = 4 bits; codes level<<1 | sign:
+    // 3<<1|0 = 6, 4<<1|1 = 9 → byte 6 | 9<<4 = 0x96.
     let mut expected = Vec::new();
     expected.extend_from_slice(&5u32.to_le_bytes());
     expected.extend_from_slice(&512u32.to_le_bytes());
@@ -295,7 +304,8 @@ fn qsgd_payload_is_exact_when_every_element_sits_on_a_level() {
     )
     .unwrap();
     let payload = encode(&mut qsgd, &[4], &[2.0, -1.0, 0.5, 0.0]);
-    // w = ⌈log2 5⌉ + 1 = 4: codes 8, 5, 2, 0 → bytes 0x58, 0x02.
+    // Norm 2.0 = 0x4000_0000; w = ⌈log2 5⌉ + 1 = 4: codes 4<<1 = 8, 2<<1|1 = 5,
+    // 1<<1 = 2, 0 → bytes 8 | 5<<4 = 0x58, 2 | 0<<4 = 0x02.
     assert_eq!(&payload[header(1) + 8..], &[0, 0, 0, 0x40, 0x58, 0x02]);
     assert_eq!(decode(&mut qsgd, &payload, 4), [2.0, -1.0, 0.5, 0.0]);
 }
@@ -434,7 +444,7 @@ fn qsgd_follows_a_scheduled_level_count() {
         ..ctx(0, 0)
     };
     let payload = encode_with(&mut qsgd, &[10], &gradient(10, 1), &ctx);
-    // 3.6 rounds to 4 levels: 3 + 1 = 4 bits.
+    // 3.6 rounds to 4 levels: L = 3, so 4 bits per element.
     assert_eq!(&payload[header(1)..header(1) + 4], &4u32.to_le_bytes());
     assert_eq!(payload.len(), header(1) + 8 + 4 + (4 * 10usize).div_ceil(8));
 }
@@ -693,7 +703,7 @@ fn corrupt_fields_are_errors() {
     let mut out = [0.0f32; 2];
     assert!(corrupt(int8.decompress_add(&payload, 1.0, &mut out)));
     assert_eq!(out, [0.0, 0.0], "a refused int8 payload writes nothing");
-    // qsgd: s = 5 codes in 4 bits; level 7 (code 0b1110) is above s.
+    // qsgd: s = 5, codes of 4 bits; code 0b1110 is level 7, above s.
     let mut qsgd = Qsgd::new(&args(&[("levels", 5.0)])).unwrap();
     let mut payload = encode(&mut qsgd, &[2], &[3.0, -4.0]);
     let last = payload.len() - 1;

@@ -1,7 +1,7 @@
 //! What the quantizing compressors share: LSB-first bit packing of fixed-width codes,
-//! the sign-bit packer, the fixed work chunk that makes parallel results independent
-//! of the thread count, and the chunked reductions (max |x|, Σx², Σ|x|) they start
-//! from.
+//! the sign-bit and 2-bit packers, the fixed work chunk that makes parallel results
+//! independent of the thread count, the 16-bit uniform draws of stochastic rounding
+//! ([`ChunkDraws`]), and the chunked reductions (max |x|, Σx², Σ|x|) they start from.
 //!
 //! # Bit order
 //!
@@ -17,7 +17,11 @@
 //! Eight codes of `width` bits fill exactly `width` bytes, so the packers work on
 //! groups of eight with the width a compile-time constant (one instantiation per
 //! width, picked once per call): a handful of shifts and one store per group, no
-//! per-bit loop and no branch on the data.
+//! per-bit loop and no branch on the data. Sign bits and 2-bit codes are gathered
+//! from one byte per element with a single multiplication per output byte. Only
+//! safe Rust and the baseline instruction set (SSE2 on x86-64) are used, so every loop
+//! is written for the auto-vectoriser: fixed-size blocks, no branches, no
+//! float-to-int conversions (which the saturating `as` would scalarise).
 //!
 //! # Chunks and reductions
 //!
@@ -145,6 +149,29 @@ pub fn pack_fixed<const W: usize>(codes: &[u32], out: &mut [u8]) {
     }
 }
 
+/// [`pack_codes`] for 2-bit codes held in bytes (each < 4; higher bits are ignored):
+/// four codes per byte, the same LSB-first layout. `out` should hold
+/// `⌈codes.len()/4⌉` bytes. One multiplication gathers four codes: with code `j` in
+/// byte `j` of a u32, `× 0x41041` (shifts 0, 6, 12, 18) moves code `j` to bits
+/// `18 + 2j`, and every other partial product lands on its own bits below 18 or at 26
+/// and above, so nothing carries into bits 18..26.
+pub fn pack_two_bit_codes(codes: &[u8], out: &mut [u8]) {
+    let mut groups = codes.chunks_exact(4);
+    for (group, byte) in (&mut groups).zip(out.iter_mut()) {
+        let word = u32::from_le_bytes([group[0], group[1], group[2], group[3]]) & 0x0303_0303;
+        *byte = (word.wrapping_mul(0x41041) >> 18) as u8;
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        if let Some(byte) = out.get_mut(codes.len() / 4) {
+            *byte = rest
+                .iter()
+                .enumerate()
+                .fold(0u8, |bits, (j, &code)| bits | ((code & 3) << (2 * j)));
+        }
+    }
+}
+
 /// Split one little-endian group of eight `W`-bit codes.
 #[inline(always)]
 fn split_group<const W: usize>(acc: u128, group: &mut [u32]) {
@@ -184,27 +211,59 @@ pub fn unpack_fixed<const W: usize>(bytes: &[u8], codes: &mut [u32]) {
     }
 }
 
-/// Pack one bit per value, set when the value is negative (`v < 0`: `-0.0`, `+0.0`
-/// and NaN give 0), LSB-first; `out` should hold `⌈values.len()/8⌉` bytes (values
-/// beyond a shorter `out` are dropped).
+/// Pack one bit per value, set when the value is negative (`v < 0`: `-0.0` and
+/// `+0.0` give 0; a NaN gives its sign bit), LSB-first; `out` should hold
+/// `⌈values.len()/8⌉` bytes (values beyond a shorter `out` are dropped).
 pub fn pack_negative(values: &[f32], out: &mut [u8]) {
     let mut groups = values.chunks_exact(8);
     for (group, byte) in (&mut groups).zip(out.iter_mut()) {
-        let mut bits = 0u8;
-        for (j, &v) in group.iter().enumerate() {
-            bits |= u8::from(v < 0.0) << j;
-        }
-        *byte = bits;
+        *byte = negative_byte(group);
     }
     let rest = groups.remainder();
     if !rest.is_empty() {
         if let Some(byte) = out.get_mut(values.len() / 8) {
-            *byte = rest
-                .iter()
-                .enumerate()
-                .fold(0u8, |bits, (j, &v)| bits | (u8::from(v < 0.0) << j));
+            *byte = negative_byte(rest);
         }
     }
+}
+
+/// The sign bits of up to 8 values. The comparisons fill one 0/1 byte each (which
+/// vectorises); one multiplication then gathers byte `j` into bit `j`:
+/// `flags · 0x0102040810204080` moves byte `j` (bit `8j`) to bit `56 + j`, and every
+/// other partial product lands below bit 56 or above bit 63 on a distinct position,
+/// so nothing carries into the top byte.
+#[inline(always)]
+fn negative_byte(group: &[f32]) -> u8 {
+    let mut flags = [0u8; 8];
+    for (flag, &v) in flags.iter_mut().zip(group) {
+        // `v < 0` for every non-NaN `v` as an integer comparison (which vectorises
+        // better): the bits of a negative number other than −0.0 exceed 0x8000_0000.
+        *flag = u8::from(v.to_bits() > 0x8000_0000);
+    }
+    (u64::from_le_bytes(flags).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8
+}
+
+/// `SPREAD[b]` holds bit `j` of `b` in byte `j` (a 0/1 flag per element).
+static SPREAD: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            table[b] |= (((b >> j) & 1) as u64) << (8 * j);
+            j += 1;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// The 8 bits of `byte` as 0/1 flags, bit `j` in entry `j` (the inverse of the
+/// packing above, through a 2 KiB table, because per-element variable shifts do not
+/// vectorise).
+#[inline(always)]
+pub fn bit_flags(byte: u8) -> [u8; 8] {
+    SPREAD[usize::from(byte)].to_le_bytes()
 }
 
 /// Elements per block of the stochastic quantizers: one block draws 16 random words
@@ -249,8 +308,8 @@ impl ChunkDraws {
 
     /// Fill `uniforms` with draws `(k + ½) / 2¹⁶`, `k` uniform in `0..2¹⁶`: four
     /// 16-bit draws per 64-bit output (low bits first; outputs taken lane by lane,
-    /// round by round), so the generators cost a quarter of a step per element. `u < p`
-    /// is then a Bernoulli(p) draw.
+    /// round by round), so the generators cost a quarter of a step per element.
+    /// `u < p` is then a Bernoulli(p) draw.
     ///
     /// Sixteen bits are enough for stochastic rounding: `P(u < p)` is `p` rounded to
     /// the nearest multiple of 2⁻¹⁶, so the rounding's bias is at most 2⁻¹⁷ of one
@@ -350,16 +409,6 @@ pub fn par_max_abs(values: &[f32]) -> f32 {
         .reduce(|| 0.0, |a, b| if b > a { b } else { a })
 }
 
-/// `f(chunk)` of every [`CHUNK`] of `values`, in parallel, summed in chunk order in f64:
-/// deterministic for any thread count.
-pub fn par_chunk_sum(values: &[f32], f: impl Fn(&[f32]) -> f32 + Sync + Send) -> f64 {
-    if values.len() <= CHUNK {
-        return f64::from(f(values));
-    }
-    let partials: Vec<f32> = values.par_chunks(CHUNK).map(f).collect();
-    partials.iter().map(|&p| f64::from(p)).sum()
-}
-
 /// Check that `input.shape` describes `input.data` and append the payload header of
 /// `method` to `out`.
 pub fn write_header(
@@ -425,6 +474,26 @@ mod tests {
     }
 
     #[test]
+    fn two_bit_codes_pack_like_the_generic_packer() {
+        for count in [0usize, 1, 3, 4, 5, 63, 64, 67] {
+            let codes: Vec<u8> = (0..count).map(|i| ((i * 7 + i / 3) % 4) as u8).collect();
+            let wide: Vec<u32> = codes.iter().map(|&c| u32::from(c)).collect();
+            let mut fast = vec![0u8; count.div_ceil(4)];
+            let mut generic = vec![0u8; count.div_ceil(4)];
+            pack_two_bit_codes(&codes, &mut fast);
+            pack_codes(&wide, 2, &mut generic);
+            assert_eq!(fast, generic, "{count} codes");
+        }
+        // All 256 combinations of one byte.
+        for byte in 0..=255u8 {
+            let codes = [byte & 3, (byte >> 2) & 3, (byte >> 4) & 3, byte >> 6];
+            let mut out = [0u8; 1];
+            pack_two_bit_codes(&codes, &mut out);
+            assert_eq!(out[0], byte);
+        }
+    }
+
+    #[test]
     fn packing_is_lsb_first() {
         // Codes 1, 2, 3 of 2 bits: bits 01 | 10 | 11 from the LSB → 0b11_10_01 = 0x39.
         let mut bytes = [0u8; 1];
@@ -466,9 +535,9 @@ mod tests {
         for (&u, &o) in uniforms.iter().zip(&offsets) {
             // (k + ½)/2¹⁶ and (k + ½)/2¹⁶ − ½ for a whole k in 0..2¹⁶.
             let k = u * 65536.0 - 0.5;
-            assert!(k >= 0.0 && k <= 65535.0 && k.fract() == 0.0, "{u}");
+            assert!((0.0..=65535.0).contains(&k) && k.fract() == 0.0, "{u}");
             let k = (o + 0.5) * 65536.0 - 0.5;
-            assert!(k >= 0.0 && k <= 65535.0 && k.fract() == 0.0, "{o}");
+            assert!((0.0..=65535.0).contains(&k) && k.fract() == 0.0, "{o}");
         }
     }
 
@@ -482,6 +551,22 @@ mod tests {
         pack_codes(&codes, 0, &mut short);
         pack_codes(&codes, 17, &mut short);
         pack_negative(&[1.0; 20], &mut short[..1]);
+    }
+
+    #[test]
+    fn bit_flags_invert_the_sign_packing() {
+        for byte in 0..=255u8 {
+            let values: Vec<f32> = (0..8)
+                .map(|j| if (byte >> j) & 1 == 1 { -1.0 } else { 1.0 })
+                .collect();
+            let mut packed = [0u8; 1];
+            pack_negative(&values, &mut packed);
+            assert_eq!(packed[0], byte);
+            let flags = bit_flags(byte);
+            for (j, &flag) in flags.iter().enumerate() {
+                assert_eq!(flag, (byte >> j) & 1);
+            }
+        }
     }
 
     #[test]

@@ -24,10 +24,13 @@
 //! # Speed
 //!
 //! Encoding streams the tensor once through a stack block of [`BLOCK`] elements
-//! (convert, then write little-endian bytes and append), which costs the same memory
-//! traffic as a copy. Endianness is handled by `to_le_bytes`, which is a plain copy on
-//! little-endian hosts and a byte swap on big-endian ones. Decoding runs over
-//! [`CHUNK`](super::bits::CHUNK)s in parallel.
+//! (convert, write the little-endian bytes into a byte block, append it), which costs
+//! the same memory traffic as a copy: the blocks stay in L1, and the output is written
+//! once, without first zero-filling it. Writing straight into the output as `[f16]`
+//! would need `unsafe` (which this crate forbids) or a casting dependency, and would
+//! save only the in-cache block copy. Endianness is handled by `to_le_bytes`, a plain
+//! copy on little-endian hosts and a byte swap on big-endian ones, so one code path is
+//! correct on both. Decoding runs over [`CHUNK`]s in parallel.
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;

@@ -17,13 +17,14 @@
 //! (the paper's Lemma 3.1). Default `s = 8`; `s` may be 1..=[`MAX_LEVELS`], and may
 //! be a schedule (each step's value is rounded to the nearest whole number).
 //!
-//! Randomness: 16-bit uniforms `u` from [`ChunkDraws`] (xoshiro256++ with
-//! [`Stream::Qsgd`]) keyed by `(seed, step, tensor, rank, chunk)`, so a payload does not
-//! depend on the thread count. The level is computed as `round(x + u − ½)`, which is
-//! `⌊x⌋ + 1` with probability `x − ⌊x⌋` up to 2⁻¹⁷ (the 16-bit grid) plus 2⁻²⁴·x (the
-//! f32 sum) — see [`ChunkDraws::centered_uniforms`]; for `s ≤ 128` the bias is below
-//! 2⁻¹⁶ of one level, far under the rounding noise. A bucket whose `s / ‖v‖` is not a
-//! finite f32 (a norm below ~1e-34, or zero) is sent as zeros with norm 0.
+//! Randomness: 16-bit uniforms `u` from [`ChunkDraws`] (the xoshiro256++
+//! [`StreamRng`](super::rng::StreamRng) with [`Stream::Qsgd`]) keyed by `(seed, step,
+//! tensor, rank, chunk)`, so a payload does not depend on the thread count. The level is
+//! computed as `round(x + u − ½)`, which is `⌊x⌋ + 1` with probability `x − ⌊x⌋` up to
+//! 2⁻¹⁷ (the 16-bit grid) plus 2⁻²⁴·x (the f32 sum) — see
+//! [`ChunkDraws::centered_uniforms`]; for `s ≤ 128` the bias is below 2⁻¹⁶ of one
+//! level, far under the rounding noise. A bucket whose `s / ‖v‖` is not a finite f32
+//! (a norm below ~1e-34, or zero) is sent as zeros with norm 0.
 //!
 //! # Payload data (after the common header)
 //!
@@ -34,11 +35,12 @@
 //! | 4·k | the `k = ⌈n/B⌉` bucket norms (f32 each; finite, ≥ 0) |
 //! | ⌈n·w/8⌉ | one `w`-bit code per element, LSB-first ([`super::bits`]) |
 //!
-//! with `w = ⌈log2(s+1)⌉ + 1` ([`code_width`]: 5 bits for `s = 8`) and each code
-//! `level << 1 | sign`, sign = 1 for a negative element. A payload is
-//! `16 + 4·d + 8 + 4·⌈n/B⌉ + ⌈n·w/8⌉` bytes. The decoder reads `s` and `B` from the
-//! payload; a level above `s` is corrupt (detected after decoding, so on that error
-//! `out` may have been partly updated).
+//! with `w = L + 1`, `L = ⌈log2(s+1)⌉` ([`level_width`]; `w` = [`code_width`] = 5 bits
+//! for `s = 8`), and each code `level << 1 | sign`, sign = 1 for a negative element
+//! (`v < 0`). A payload is `16 + 4·d + 8 + 4·⌈n/B⌉ + ⌈n·w/8⌉` bytes. The decoder
+//! reads `s` and `B` from the payload and adds `(scale·‖v‖/s)·level` with the
+//! element's sign; a level above `s` is corrupt (detected while decoding, so on that
+//! error `out` may have been partly updated).
 //!
 //! # Speed
 //!
@@ -46,8 +48,9 @@
 //! reach one), each chunk computes its buckets' norms and quantizes them while they are
 //! still in cache: one pass over memory. Otherwise the norms are a first parallel pass
 //! (f32 per chunk, f64 across). The quantization works in blocks of [`BLOCK`] = 64
-//! elements: 16 generator calls, a branch-free loop the compiler vectorises, and a
-//! pack specialised on `w`.
+//! elements: 16 generator outputs, a branch-free loop the compiler vectorises (the
+//! sign joins the level there, which is cheaper than packing a separate sign bitmap),
+//! and a packer specialised on `w`.
 
 use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
@@ -71,10 +74,15 @@ pub const DEFAULT_LEVELS: u32 = 8;
 /// Bucket size when the script gives none.
 pub const DEFAULT_BUCKET: u32 = 512;
 
-/// Bits per element on the wire for `levels` = s: `⌈log2(s+1)⌉` for the level plus
-/// one for the sign.
+/// Bits of one level for `levels` = s: `⌈log2(s+1)⌉`.
+pub fn level_width(levels: u32) -> u32 {
+    u32::BITS - levels.leading_zeros()
+}
+
+/// Bits per element on the wire for `levels` = s: the level's [`level_width`] plus one
+/// for the sign.
 pub fn code_width(levels: u32) -> u32 {
-    (u32::BITS - levels.leading_zeros()) + 1
+    level_width(levels) + 1
 }
 
 /// Which norm scales a bucket.
@@ -222,17 +230,14 @@ struct Layout {
 
 impl Layout {
     /// `out[p] =` the value of the bucket of element `first + p`, from `per_bucket`
-    /// indexed from bucket `first_bucket`.
+    /// (0 past its end).
     #[inline]
-    fn spread(&self, per_bucket: &[f32], first_bucket: usize, first: usize, out: &mut [f32]) {
+    fn spread(&self, per_bucket: &[f32], first: usize, out: &mut [f32]) {
         let mut p = 0;
         while p < out.len() {
             let bucket = (first + p) / self.bucket;
             let end = ((bucket + 1) * self.bucket - first).min(out.len());
-            let value = per_bucket
-                .get(bucket - first_bucket)
-                .copied()
-                .unwrap_or(0.0);
+            let value = per_bucket.get(bucket).copied().unwrap_or(0.0);
             out[p..end].fill(value);
             p = end;
         }
@@ -243,14 +248,13 @@ impl Layout {
 /// bits.
 const MAGIC: f32 = 12_582_912.0;
 
-/// Quantize one chunk (`first` = index of `values[0]` in the tensor) into its packed
-/// codes `out`, with the multipliers of buckets `first_bucket..`.
+/// Quantize one chunk into its packed `W`-bit codes; `first` is the index of
+/// `values[0]` counted from the start of bucket 0 of `multipliers`.
 fn encode_chunk<const W: usize>(
     layout: Layout,
     values: &[f32],
     first: usize,
     multipliers: &[f32],
-    first_bucket: usize,
     draws: &mut ChunkDraws,
     out: &mut [u8],
 ) {
@@ -258,26 +262,20 @@ fn encode_chunk<const W: usize>(
     let mut scale = [0.0f32; BLOCK];
     let mut offsets = [0.0f32; BLOCK];
     let mut codes = [0u32; BLOCK];
-    for (b, (block, target)) in values
-        .chunks(BLOCK)
-        .zip(out.chunks_mut(BLOCK / 8 * W))
-        .enumerate()
-    {
+    let blocks = values.chunks(BLOCK).zip(out.chunks_mut(BLOCK / 8 * W));
+    for (b, (block, target)) in blocks.enumerate() {
         let len = block.len();
         let start = first + b * BLOCK;
         draws.centered_uniforms(&mut offsets);
         let bucket = start / layout.bucket;
         if bucket == (start + len - 1) / layout.bucket {
             // The usual case: the block lies in one bucket.
-            let m = multipliers
-                .get(bucket - first_bucket)
-                .copied()
-                .unwrap_or(0.0);
+            let m = multipliers.get(bucket).copied().unwrap_or(0.0);
             for ((code, &v), &offset) in codes.iter_mut().zip(block).zip(&offsets) {
                 *code = quantize(v, m, offset, levels);
             }
         } else {
-            layout.spread(multipliers, first_bucket, start, &mut scale[..len]);
+            layout.spread(multipliers, start, &mut scale[..len]);
             for (((code, &v), &m), &offset) in codes.iter_mut().zip(block).zip(&scale).zip(&offsets)
             {
                 *code = quantize(v, m, offset, levels);
@@ -306,7 +304,7 @@ fn quantize(v: f32, m: f32, offset: f32, levels: f32) -> u32 {
 /// `out += scale · Q` for one chunk; returns whether a level above s was found.
 fn decode_chunk<const W: usize>(
     layout: Layout,
-    codes_bytes: &[u8],
+    code_bytes: &[u8],
     units: &[f32],
     first: usize,
     out: &mut [f32],
@@ -315,13 +313,10 @@ fn decode_chunk<const W: usize>(
     let mut unit = [0.0f32; BLOCK];
     let mut codes = [0u32; BLOCK];
     let mut corrupt = false;
-    for (b, (values, source)) in out
-        .chunks_mut(BLOCK)
-        .zip(codes_bytes.chunks(BLOCK / 8 * W))
-        .enumerate()
-    {
+    let blocks = out.chunks_mut(BLOCK).zip(code_bytes.chunks(BLOCK / 8 * W));
+    for (b, (values, source)) in blocks.enumerate() {
         let len = values.len();
-        layout.spread(units, 0, first + b * BLOCK, &mut unit[..len]);
+        layout.spread(units, first + b * BLOCK, &mut unit[..len]);
         unpack_fixed::<W>(source, &mut codes[..len]);
         for ((value, &code), &u) in values.iter_mut().zip(&codes).zip(&unit) {
             let level = code >> 1;
@@ -397,32 +392,32 @@ impl Compressor for Qsgd {
         if aligned <= CHUNK {
             let chunk_len = CHUNK / aligned * aligned;
             let buckets_per_chunk = chunk_len / bucket;
-            let encode =
-                |(c, ((norm_bytes, codes), values)): (usize, ((&mut [u8], &mut [u8]), &[f32]))| {
-                    let mut multipliers = Vec::with_capacity(buckets_per_chunk);
-                    for (values, bytes) in values.chunks(bucket).zip(norm_bytes.chunks_exact_mut(4))
-                    {
-                        let (sent, multiplier) =
-                            norm_and_multiplier(bucket_norm(values, norm), layout.levels);
-                        bytes.copy_from_slice(&sent.to_le_bytes());
-                        multipliers.push(multiplier);
-                    }
-                    let mut draws = key(c);
-                    with_width!(
-                        width,
-                        encode_chunk(layout, values, 0, &multipliers, 0, &mut draws, codes)
-                    );
-                };
-            let code_chunk = packed_len(chunk_len, width).unwrap_or(usize::MAX);
+            let encode = |c: usize, norm_bytes: &mut [u8], codes: &mut [u8], values: &[f32]| {
+                let mut multipliers = Vec::with_capacity(buckets_per_chunk);
+                for (values, bytes) in values.chunks(bucket).zip(norm_bytes.chunks_exact_mut(4)) {
+                    let (sent, multiplier) =
+                        norm_and_multiplier(bucket_norm(values, norm), layout.levels);
+                    bytes.copy_from_slice(&sent.to_le_bytes());
+                    multipliers.push(multiplier);
+                }
+                let mut draws = key(c);
+                with_width!(
+                    width,
+                    encode_chunk(layout, values, 0, &multipliers, &mut draws, codes)
+                );
+            };
             if n <= chunk_len {
-                encode((0, ((norm_bytes, code_out), data)));
+                encode(0, norm_bytes, code_out, data);
             } else {
+                let code_chunk = packed_len(chunk_len, width).unwrap_or(usize::MAX);
                 norm_bytes
                     .par_chunks_mut(4 * buckets_per_chunk)
                     .zip(code_out.par_chunks_mut(code_chunk))
                     .zip(data.par_chunks(chunk_len))
                     .enumerate()
-                    .for_each(encode);
+                    .for_each(|(c, ((norm_bytes, codes), values))| {
+                        encode(c, norm_bytes, codes, values)
+                    });
             }
         } else {
             let norms: Vec<f32> = if bucket <= CHUNK {
@@ -447,17 +442,10 @@ impl Compressor for Qsgd {
                 .enumerate()
                 .for_each(|(c, (codes, values))| {
                     let mut draws = key(c);
+                    let first = c * CHUNK;
                     with_width!(
                         width,
-                        encode_chunk(
-                            layout,
-                            values,
-                            c * CHUNK,
-                            &multipliers,
-                            0,
-                            &mut draws,
-                            codes
-                        )
+                        encode_chunk(layout, values, first, &multipliers, &mut draws, codes)
                     );
                 });
         }

@@ -52,7 +52,7 @@
 use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
-use super::bits::{pack_negative, sum_abs, write_header, CHUNK};
+use super::bits::{bit_flags, pack_negative, sum_abs, write_header, CHUNK};
 use super::{
     Aggregation, CompressError, Compressor, FeedbackPolicy, MethodId, PayloadHeader, StepContext,
     TensorView, WireError, ERROR_FEEDBACK_ARG,
@@ -136,8 +136,8 @@ fn append_sign_bits(data: &[f32], out: &mut Vec<u8>, with_sum: bool) -> f64 {
 /// `out += value(bit)` over one chunk: `plus` where the bit is clear, `minus` where set.
 fn add_signed(bits: &[u8], plus: f32, minus: f32, out: &mut [f32]) {
     for (group, &byte) in out.chunks_mut(8).zip(bits) {
-        for (k, value) in group.iter_mut().enumerate() {
-            *value += if (byte >> k) & 1 == 0 { plus } else { minus };
+        for (value, &negative) in group.iter_mut().zip(&bit_flags(byte)) {
+            *value += if negative == 0 { plus } else { minus };
         }
     }
 }
@@ -421,9 +421,9 @@ fn add_columns(bits: &[u8], values: &[(f32, f32)], first: usize, out: &mut [f32]
     }
     let mut column = first % columns;
     for (group, &byte) in out.chunks_mut(8).zip(bits) {
-        for (k, value) in group.iter_mut().enumerate() {
+        for (value, &negative) in group.iter_mut().zip(&bit_flags(byte)) {
             let (plus, minus) = values[column];
-            *value += if (byte >> k) & 1 == 0 { plus } else { minus };
+            *value += if negative == 0 { plus } else { minus };
             column += 1;
             if column == columns {
                 column = 0;

@@ -2,8 +2,7 @@
 //! Reduce Communication in Distributed Deep Learning"), stochastic ternarization with
 //! the paper's gradient clipping.
 //!
-//! With `σ` the standard deviation of the tensor's elements (population, as
-//! `tf.nn.moments` in the paper's code):
+//! With `σ` the (population) standard deviation of the tensor's elements:
 //!
 //! ```text
 //! ḡ_i = clamp(g_i, −c·σ, c·σ)                        (no clipping when c = 0 or σ = 0)
@@ -40,7 +39,7 @@
 use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
-use super::bits::{pack_fixed, unpack_fixed, write_header, ChunkDraws, BLOCK, CHUNK};
+use super::bits::{pack_two_bit_codes, unpack_fixed, write_header, ChunkDraws, BLOCK, CHUNK};
 use super::rng::Stream;
 use super::{
     Aggregation, CompressError, Compressor, MethodId, PayloadHeader, StepContext, TensorView,
@@ -150,16 +149,16 @@ fn encode_chunk(
     out: &mut [u8],
 ) {
     let mut uniforms = [0.0f32; BLOCK];
-    let mut codes = [0u32; BLOCK];
+    let mut codes = [0u8; BLOCK];
     for (block, target) in values.chunks(BLOCK).zip(out.chunks_mut(BLOCK / 4)) {
         draws.uniforms(&mut uniforms);
         for ((code, &v), &u) in codes.iter_mut().zip(block).zip(&uniforms) {
             let a = v.abs();
             let clipped = if a < threshold { a } else { threshold };
-            let send = u32::from(u < clipped * inverse);
-            *code = send + (send & u32::from(v < 0.0));
+            let send = u8::from(u < clipped * inverse);
+            *code = send + (send & u8::from(v < 0.0));
         }
-        pack_fixed::<2>(&codes[..block.len()], target);
+        pack_two_bit_codes(&codes[..block.len()], target);
     }
 }
 

@@ -337,6 +337,7 @@ fn kernels_match_plain_products_on_awkward_shapes() {
         (64, 64, 8),
         (300, 515, 4),
         (9, 1030, 9),
+        (40, 37, 16),
     ];
     for (case, &(n, m, r)) in cases.iter().enumerate() {
         let matrix = pseudo_random(n * m, 10 + case as u64);
@@ -380,6 +381,17 @@ fn blocked_layout_round_trips_and_matches_its_formula() {
     assert_eq!(blocked[(3 + 2) * 8 + 2], 0.0);
     let mut back = Vec::new();
     unblock(&blocked, 10, 3, &mut back);
+    assert_eq!(back, q);
+    // r = 10: a group of 8 columns, then one of 2 starting at ⌈10/8⌉·8·8 = 128.
+    // Row 9, column 9: group width w = 2, k = 1, l = 1, c − 8 = 1 →
+    // 128 + (1·2 + 1)·8 + 1 = 153; the value is q[9·10 + 9] = q[99] = 100.
+    let q: Vec<f32> = (0..100).map(|v| v as f32 + 1.0).collect();
+    block(&q, 10, 10, &mut blocked);
+    assert_eq!(blocked.len(), 2 * 10 * 8);
+    assert_eq!(blocked[153], 100.0);
+    // Row 9, column 7 is in the first group (width 8): (1·8 + 7)·8 + 1 = 121 → q[97].
+    assert_eq!(blocked[121], 98.0);
+    unblock(&blocked, 10, 10, &mut back);
     assert_eq!(back, q);
 }
 

@@ -23,8 +23,8 @@
 //! The tensor is viewed as a matrix `M` of `n = shape[0]` rows and `m = numel / n`
 //! columns (PyTorch's `tensor.view(tensor.shape[0], -1)`), and `r = min(n, m, rank)`.
 //! A tensor of fewer than two dimensions, without elements, or with
-//! `(n + m)·r·min_rate ≥ n·m` is always sent uncompressed, as is every tensor before
-//! step `start` (the step counter of the [`StepContext`], from 0).
+//! `(n + m)·r·min_rate ≥ n·m` is always sent uncompressed, as is every tensor at the
+//! steps `< start` (the step counter of the [`StepContext`], from 0).
 //!
 //! 1. `Q` (m×r): the previous step's summed `Q` with `warm_start` (PyTorch keeps the
 //!    all-reduced Q; it keeps it divided by W, which the next line makes irrelevant),
@@ -65,9 +65,10 @@
 //! | round 1 | `[n, m, 1, 1]` | `Q`, m×r row-major | `next_round` → `Done`; decoded |
 //!
 //! so a compressed step puts `(16 + 12) + (16 + 16) + 4·r·(n + m)` bytes on the wire
-//! per worker, and an uncompressed one `20 + 4·numel`. The rank is not written: the
-//! data length must be exactly `4·n·r` (resp. `4·m·r`) for this compressor's `r`.
-//! Decoding checks the header (method, element count), the round tag against the
+//! per worker, and an uncompressed one `20 + 4·numel` (header dimensions are u32, so
+//! `numel`, `n` and `m` must stay below 2³²; larger tensors are refused with an
+//! error). The rank is not written: the data length must be exactly `4·n·r` (resp.
+//! `4·m·r`) for this compressor's `r`. Decoding checks the header (method, element count), the round tag against the
 //! exchange in progress, the matrix dimensions against the tensor's, the exact length,
 //! and that every value is finite; a round-1 payload decodes only on the worker that
 //! took part in the exchange (it holds `P̂`). Nothing is decoded from a round-0 payload.
@@ -93,7 +94,8 @@
 //! # Speed and determinism
 //!
 //! `M` (a copy of the input, needed by round 1 after the input is gone), `P`, `Q` and
-//! all scratch space are kept between steps; a step allocates nothing after the first.
+//! all scratch space are kept between steps: after the first, a step allocates nothing
+//! that grows with the tensor (only the few bytes of each payload header).
 //! The products are the skinny streaming kernels of [`kernels`] (why not a general
 //! GEMM, and how they use AVX2 without `unsafe`, is explained there); their results do
 //! not depend on the thread count or the instruction set, and the f64 Gram–Schmidt is

@@ -393,7 +393,10 @@ fn compress_errors_are_errors_and_other_statements_still_compile() {
 #[test]
 fn a_missing_required_argument_is_reported_on_the_call() {
     let out = rejected("compress topk");
-    assert!(out.contains("`topk` is missing its `ratio` argument"), "{out}");
+    assert!(
+        out.contains("`topk` is missing its `ratio` argument"),
+        "{out}"
+    );
     assert!(out.contains("add `ratio: 0.01`"), "{out}");
 }
 

@@ -568,6 +568,34 @@ pub struct Baseline {
     pub time: Duration,
 }
 
+/// The matrix-multiply baseline of a low-rank method: the same three products
+/// (P = M·Q, Q = Mᵀ·P, M̂ = P·Qᵀ) on the same shapes through ndarray's general
+/// `sgemm` (the `matrixmultiply` crate, the best GEMM safe code in this crate can
+/// call), timed in the same run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatmulBaseline {
+    /// Rows of M.
+    pub rows: usize,
+    /// Columns of M.
+    pub cols: usize,
+    /// The rank r.
+    pub rank: usize,
+    /// Median time of the three products.
+    pub time: Duration,
+}
+
+impl MatmulBaseline {
+    /// Floating-point operations of the three products (6·n·m·r).
+    pub fn flops(&self) -> f64 {
+        super::powersgd::kernels::step_flops(self.rows, self.cols, self.rank)
+    }
+
+    /// GFLOP/s of the baseline.
+    pub fn gigaflops(&self) -> f64 {
+        self.flops() / self.time.as_secs_f64().max(f64::MIN_POSITIVE) / 1e9
+    }
+}
+
 /// A method's timings and sizes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Measurement {
@@ -581,6 +609,8 @@ pub struct Measurement {
     pub payload_bytes: usize,
     /// ‖g − ĝ‖ / ‖g‖ of the last decompression.
     pub relative_error: f64,
+    /// For matrix methods (PowerSGD): the GEMM baseline of the same shapes.
+    pub matmul: Option<MatmulBaseline>,
 }
 
 /// How a method's benchmark ended.
@@ -725,7 +755,14 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         let outcome = match build(&method.name, &method.args()) {
             Err(error) => Outcome::NotAvailable(error.to_string()),
             Ok(mut compressor) => match measure(options, compressor.as_mut(), input, out) {
-                Ok(measurement) => Outcome::Measured(measurement),
+                Ok(mut measurement) => {
+                    if MATRIX_METHODS.contains(&method.name.as_str()) {
+                        let rank = method.args().number("rank", Some(1.0)).unwrap_or(1.0);
+                        measurement.matmul =
+                            measure_matmul(options, input.data, shape[0], shape[1], rank as usize);
+                    }
+                    Outcome::Measured(measurement)
+                }
                 Err(error) => Outcome::Failed(error.to_string()),
             },
         };
@@ -853,6 +890,38 @@ fn measure(
         rounds,
         payload_bytes,
         relative_error: relative_error(input.data, out),
+        matmul: None,
+    })
+}
+
+/// Time ndarray's GEMM on PowerSGD's three products for an n×m matrix at rank r.
+fn measure_matmul(
+    options: &BenchOptions,
+    matrix: &[f32],
+    rows: usize,
+    cols: usize,
+    rank: usize,
+) -> Option<MatmulBaseline> {
+    use super::powersgd::kernels::reference_products;
+    let q: Vec<f32> = fixture_gradient(cols * rank, options.seed ^ 0x51);
+    let mut p = vec![0.0f32; rows * rank];
+    let mut q_out = vec![0.0f32; cols * rank];
+    let mut out = vec![0.0f32; rows * cols];
+    let time = median_time::<()>(options.warmup, options.repeats, || {
+        let fits = reference_products(matrix, rows, cols, &q, rank, &mut p, &mut q_out, &mut out);
+        black_box(&mut out);
+        if fits {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })
+    .ok()?;
+    Some(MatmulBaseline {
+        rows,
+        cols,
+        rank,
+        time,
     })
 }
 
@@ -996,6 +1065,33 @@ impl fmt::Display for BenchReport {
                 }
             }
             writeln!(f, "{}", text.trim_end())?;
+        }
+        for row in &self.rows {
+            if let Outcome::Measured(Measurement {
+                compress,
+                decompress,
+                matmul: Some(matmul),
+                ..
+            }) = &row.outcome
+            {
+                let step = (*compress + *decompress).as_secs_f64();
+                let rate = matmul.flops() / step.max(f64::MIN_POSITIVE) / 1e9;
+                writeln!(
+                    f,
+                    "{}: full step (compress, rounds, decompress) {:.3} ms = {:.1} GFLOP/s; \
+                     ndarray/matrixmultiply sgemm of the same products ({}×{}, rank {}) \
+                     {:.3} ms = {:.1} GFLOP/s; ratio {:.2}",
+                    row.method,
+                    step * 1e3,
+                    rate,
+                    matmul.rows,
+                    matmul.cols,
+                    matmul.rank,
+                    matmul.time.as_secs_f64() * 1e3,
+                    matmul.gigaflops(),
+                    rate / matmul.gigaflops().max(f64::MIN_POSITIVE)
+                )?;
+            }
         }
         for note in notes {
             writeln!(f, "{note}")?;

@@ -170,18 +170,20 @@ impl Compressor for Cast {
 }
 
 fn encode_f32(data: &[f32], out: &mut Vec<u8>) {
-    let mut bytes = [0u8; 4 * BLOCK];
-    for block in data.chunks(BLOCK) {
-        let bytes = &mut bytes[..4 * block.len()];
-        for (word, value) in bytes.chunks_exact_mut(4).zip(block) {
-            word.copy_from_slice(&value.to_le_bytes());
-        }
-        out.extend_from_slice(bytes);
-    }
+    let start = out.len();
+    out.resize(start + 4 * data.len(), 0);
+    out[start..]
+        .par_chunks_mut(4 * CHUNK)
+        .zip(data.par_chunks(CHUNK))
+        .for_each(|(bytes, values)| {
+            for (word, value) in bytes.chunks_exact_mut(4).zip(values) {
+                word.copy_from_slice(&value.to_le_bytes());
+            }
+        });
 }
 
 /// The two half-precision types, behind one interface for the block loops.
-trait Half: Copy + Default {
+trait Half: Copy + Default + Send + Sync {
     fn narrow(src: &[f32], dst: &mut [Self]);
     fn widen(src: &[Self], dst: &mut [f32]);
     fn to_le(self) -> [u8; 2];
@@ -219,17 +221,21 @@ impl Half for bf16 {
 }
 
 fn encode_half<H: Half>(data: &[f32], out: &mut Vec<u8>) {
-    let mut halves = [H::default(); BLOCK];
-    let mut bytes = [0u8; 2 * BLOCK];
-    for block in data.chunks(BLOCK) {
-        let halves = &mut halves[..block.len()];
-        H::narrow(block, halves);
-        let bytes = &mut bytes[..2 * block.len()];
-        for (pair, half) in bytes.chunks_exact_mut(2).zip(halves.iter()) {
-            pair.copy_from_slice(&half.to_le());
-        }
-        out.extend_from_slice(bytes);
-    }
+    let start = out.len();
+    out.resize(start + 2 * data.len(), 0);
+    out[start..]
+        .par_chunks_mut(2 * CHUNK)
+        .zip(data.par_chunks(CHUNK))
+        .for_each(|(bytes, values)| {
+            let mut halves = [H::default(); BLOCK];
+            for (pairs, block) in bytes.chunks_mut(2 * BLOCK).zip(values.chunks(BLOCK)) {
+                let halves = &mut halves[..block.len()];
+                H::narrow(block, halves);
+                for (pair, half) in pairs.chunks_exact_mut(2).zip(halves.iter()) {
+                    pair.copy_from_slice(&half.to_le());
+                }
+            }
+        });
 }
 
 fn decode_half<H: Half>(bytes: &[u8], scale: f32, out: &mut [f32]) {

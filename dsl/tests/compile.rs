@@ -2,38 +2,11 @@
 //! `then`, arithmetic and options behave as documented; every example compiles
 //! cleanly and formats to itself.
 
-use regimen_dsl::{compile, CompileOptions, Compiled, SourceFile};
-
-fn compiled(text: &str) -> Compiled {
-    compiled_with(text, &CompileOptions::default())
-}
-
-fn compiled_with(text: &str, options: &CompileOptions) -> Compiled {
-    match compile(&SourceFile::new("test.regimen", text), options) {
-        Ok(c) => c,
-        Err(report) => panic!("rejected:\n{report}"),
-    }
-}
-
-fn value(c: &Compiled, name: &str, step: u64) -> f64 {
-    let index = c
-        .graph
-        .outputs
-        .iter()
-        .position(|o| o.name == name)
-        .unwrap_or_else(|| panic!("no output {name}"));
-    c.graph.eval_output(index, step as f64)
-}
-
-fn close(actual: f64, expected: f64) {
-    let tolerance = 1e-12 * expected.abs().max(1e-300);
-    assert!(
-        (actual - expected).abs() <= tolerance,
-        "actual {actual} expected {expected}"
-    );
-}
+use regimen_dsl::{compile, CompileOptions, SourceFile};
 
 mod common;
+
+use common::{close, compiled, compiled_with, value};
 
 fn examples() -> Vec<(String, String)> {
     common::scripts_in("../examples")

@@ -11,48 +11,7 @@ use regimen_dsl::{compile, CompileOptions, Compiled, Severity, SourceFile};
 
 mod common;
 
-fn compiled(text: &str) -> Compiled {
-    match compile(
-        &SourceFile::new("test.regimen", text),
-        &CompileOptions::default(),
-    ) {
-        Ok(c) => c,
-        Err(report) => panic!("rejected:\n{report}"),
-    }
-}
-
-/// The rendered errors of a script that must be rejected.
-fn rejected(text: &str) -> String {
-    match compile(
-        &SourceFile::new("test.regimen", text),
-        &CompileOptions::default(),
-    ) {
-        Ok(_) => panic!("accepted:\n{text}"),
-        Err(report) => report.to_string(),
-    }
-}
-
-fn value(c: &Compiled, name: &str, step: u64) -> f64 {
-    let index = c
-        .graph
-        .outputs
-        .iter()
-        .position(|o| o.name == name)
-        .unwrap_or_else(|| panic!("no output {name}"));
-    c.graph.eval_output(index, step as f64)
-}
-
-fn output_names(c: &Compiled) -> Vec<&str> {
-    c.graph.outputs.iter().map(|o| o.name.as_str()).collect()
-}
-
-fn close(actual: f64, expected: f64) {
-    let tolerance = 1e-12 * expected.abs().max(1e-300);
-    assert!(
-        (actual - expected).abs() <= tolerance,
-        "actual {actual} expected {expected}"
-    );
-}
+use common::{close, compiled, output_names, rejected, value};
 
 fn warnings(c: &Compiled) -> Vec<&str> {
     c.warnings

@@ -18,10 +18,19 @@
 //! groups of eight with the width a compile-time constant (one instantiation per
 //! width, picked once per call): a handful of shifts and one store per group, no
 //! per-bit loop and no branch on the data. Sign bits and 2-bit codes are gathered
-//! from one byte per element with a single multiplication per output byte. Only
-//! safe Rust and the baseline instruction set (SSE2 on x86-64) are used, so every loop
-//! is written for the auto-vectoriser: fixed-size blocks, no branches, no
+//! from one byte per element with a single multiplication per output byte. Every loop
+//! is safe Rust written for the auto-vectoriser: fixed-size blocks, no branches, no
 //! float-to-int conversions (which the saturating `as` would scalarise).
+//!
+//! The default build targets baseline x86-64 (SSE2). The quantizers run each chunk's
+//! loops through [`dispatch`] (pulp's run-time CPU detection), which compiles them a
+//! second time with AVX2 enabled and takes that copy when the CPU has it; the random
+//! generator's step is written with pulp's AVX2 vector operations ([`ChunkDraws`]).
+//! Both copies do the same integer operations and separate (never fused) IEEE float
+//! operations in the same order, so payloads are bit-identical on every CPU. On the
+//! project's 2-core machine (25 M elements, medians of 11 runs) this took QSGD (s = 8)
+//! from 16 to about 9 ms, TernGrad from 15 to about 8.5 ms and int8 from 11 to about
+//! 7–8 ms, against a 4–6.5 ms two-thread memcpy.
 //!
 //! # Chunks and reductions
 //!
@@ -36,6 +45,7 @@
 //! [`write_header`] and [`integer_arg`] hold the checks every built-in quantizer makes
 //! on its input tensor and its integer arguments.
 
+use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
@@ -130,7 +140,7 @@ fn join_group<const W: usize>(group: &[u32]) -> u128 {
 
 /// [`pack_codes`] with the width `W` (1..=16) fixed at compile time, for callers
 /// whose own loop is already specialised on it.
-#[inline]
+#[inline(always)]
 pub fn pack_fixed<const W: usize>(codes: &[u32], out: &mut [u8]) {
     const { assert!(W >= 1 && W <= MAX_CODE_WIDTH as usize) };
     let mut groups = codes.chunks_exact(8);
@@ -155,6 +165,7 @@ pub fn pack_fixed<const W: usize>(codes: &[u32], out: &mut [u8]) {
 /// byte `j` of a u32, `× 0x41041` (shifts 0, 6, 12, 18) moves code `j` to bits
 /// `18 + 2j`, and every other partial product lands on its own bits below 18 or at 26
 /// and above, so nothing carries into bits 18..26.
+#[inline(always)]
 pub fn pack_two_bit_codes(codes: &[u8], out: &mut [u8]) {
     let mut groups = codes.chunks_exact(4);
     for (group, byte) in (&mut groups).zip(out.iter_mut()) {
@@ -266,6 +277,52 @@ pub fn bit_flags(byte: u8) -> [u8; 8] {
     SPREAD[usize::from(byte)].to_le_bytes()
 }
 
+/// A loop body that [`dispatch`] runs compiled for the CPU's best instruction set.
+/// Implementations mark `run` (and everything it calls in the hot loop)
+/// `#[inline(always)]`, so it is compiled inside pulp's function with the target
+/// features enabled and the auto-vectoriser uses 256-bit registers where the CPU has
+/// them. (A closure would not do: the `FnOnce` shim rustc calls it through is a
+/// separate function compiled for the baseline.)
+pub trait Kernel {
+    /// What the body returns.
+    type Output;
+    /// The body.
+    fn run(self) -> Self::Output;
+}
+
+/// The [`WithSimd`] wrapper of a [`Kernel`].
+struct Dispatched<K>(K);
+
+impl<K: Kernel> WithSimd for Dispatched<K> {
+    type Output = K::Output;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> K::Output {
+        self.0.run()
+    }
+}
+
+/// Run `kernel` compiled for the instruction set `arch` (AVX2 on x86-64 when
+/// [`Arch::new`] detects it, the build's baseline otherwise). Only integer and
+/// separate IEEE float operations are used (never fused), so every path gives the same
+/// bits.
+#[inline(always)]
+pub fn dispatch<K: Kernel>(arch: Arch, kernel: K) -> K::Output {
+    arch.dispatch(Dispatched(kernel))
+}
+
+/// [`max_abs`] as a [`Kernel`].
+struct MaxAbs<'a>(&'a [f32]);
+
+impl Kernel for MaxAbs<'_> {
+    type Output = f32;
+
+    #[inline(always)]
+    fn run(self) -> f32 {
+        max_abs(self.0)
+    }
+}
+
 /// Elements per block of the stochastic quantizers: one block draws 16 random words
 /// and packs its codes into whole 64-bit words' worth of bytes.
 pub const BLOCK: usize = 64;
@@ -276,10 +333,17 @@ pub const DRAW_LANES: usize = 4;
 /// The random draws of one work chunk: [`DRAW_LANES`] [`StreamRng`]s, lane `l` keyed by
 /// the chunk's key plus `l`, drawn round-robin. One xoshiro256++ alone is
 /// latency-bound (each output waits for the previous state) and would cost more than
-/// the quantization it feeds; independent lanes let the CPU overlap their steps.
+/// the quantization it feeds; independent lanes let the CPU overlap their steps. The
+/// lanes' states are held word by word (`state[w][l]` = word `w` of lane `l`), so one
+/// step of all lanes is a handful of operations on 4×u64 vectors.
 #[derive(Clone, Debug)]
 pub struct ChunkDraws {
-    lanes: [StreamRng; DRAW_LANES],
+    state: [[u64; DRAW_LANES]; 4],
+    /// AVX2, when the CPU has it: the step in explicit 4×u64 vector operations
+    /// (left to itself the compiler does the rotations in scalar registers, AVX2
+    /// having no vector rotate, and moves every lane back and forth).
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<pulp::x86::V3>,
 }
 
 impl ChunkDraws {
@@ -289,21 +353,55 @@ impl ChunkDraws {
         let mut full = [0u64; 8];
         let used = key.len().min(7);
         full[..used].copy_from_slice(&key[..used]);
-        let lanes = std::array::from_fn(|lane| {
+        let mut state = [[0u64; DRAW_LANES]; 4];
+        for lane in 0..DRAW_LANES {
             full[used] = lane as u64;
-            StreamRng::new(stream, &full[..=used])
-        });
-        Self { lanes }
+            let words = StreamRng::new(stream, &full[..=used]).state();
+            for (column, word) in state.iter_mut().zip(words) {
+                column[lane] = word;
+            }
+        }
+        Self {
+            state,
+            #[cfg(target_arch = "x86_64")]
+            avx2: pulp::x86::V3::try_new(),
+        }
     }
 
-    /// The next output of every lane.
+    /// The next output of every lane: [`StreamRng::next_u64`] on each lane's state.
     #[inline(always)]
     pub fn next_words(&mut self) -> [u64; DRAW_LANES] {
-        let mut out = [0u64; DRAW_LANES];
-        for (word, lane) in out.iter_mut().zip(&mut self.lanes) {
-            *word = lane.next_u64();
+        let mut words = [[0u64; DRAW_LANES]; 1];
+        self.fill_words(&mut words);
+        words[0]
+    }
+
+    /// `words[r]` = the outputs of round `r`, the state kept in locals (registers)
+    /// throughout, so the four lanes step together as 4×u64 vector operations.
+    #[inline(always)]
+    fn fill_words<const ROUNDS: usize>(&mut self, words: &mut [[u64; DRAW_LANES]; ROUNDS]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = self.avx2 {
+            self.state = step_avx2(simd, self.state, words);
+            return;
         }
-        out
+        let [mut s0, mut s1, mut s2, mut s3] = self.state;
+        for round in words.iter_mut() {
+            for l in 0..DRAW_LANES {
+                round[l] = s0[l]
+                    .wrapping_add(s3[l])
+                    .rotate_left(23)
+                    .wrapping_add(s0[l]);
+                let t = s1[l] << 17;
+                s2[l] ^= s0[l];
+                s3[l] ^= s1[l];
+                s1[l] ^= s2[l];
+                s0[l] ^= s3[l];
+                s2[l] ^= t;
+                s3[l] = s3[l].rotate_left(45);
+            }
+        }
+        self.state = [s0, s1, s2, s3];
     }
 
     /// Fill `uniforms` with draws `(k + ½) / 2¹⁶`, `k` uniform in `0..2¹⁶`: four
@@ -315,7 +413,7 @@ impl ChunkDraws {
     /// the nearest multiple of 2⁻¹⁶, so the rounding's bias is at most 2⁻¹⁷ of one
     /// quantization step per element — far below the rounding noise itself
     /// (`√(p(1−p))` steps) and below what any test of unbiasedness can resolve.
-    #[inline]
+    #[inline(always)]
     pub fn uniforms(&mut self, uniforms: &mut [f32; BLOCK]) {
         // 1 + k/2¹⁶ built from the bits, minus (1 − 2⁻¹⁷): exact (Sterbenz).
         self.fill(1.0 - 1.0 / 131_072.0, uniforms);
@@ -325,25 +423,57 @@ impl ChunkDraws {
     /// `(k − 32767.5) / 2¹⁶`, uniform in (−½, ½) and exact in f32. Rounding `x +
     /// offset` to the nearest integer rounds `x` up with probability `x − ⌊x⌋` (to
     /// 2⁻¹⁷, plus the rounding of the f32 sum, at most 2⁻²⁴·x).
-    #[inline]
+    #[inline(always)]
     pub fn centered_uniforms(&mut self, offsets: &mut [f32; BLOCK]) {
         self.fill(1.5 - 1.0 / 131_072.0, offsets);
     }
 
     #[inline(always)]
     fn fill(&mut self, shift: f32, out: &mut [f32; BLOCK]) {
-        let mut words = [0u64; BLOCK / 4];
-        for group in words.chunks_exact_mut(DRAW_LANES) {
-            group.copy_from_slice(&self.next_words());
-        }
-        for (quad, &word) in out.chunks_exact_mut(4).zip(&words) {
-            for (j, u) in quad.iter_mut().enumerate() {
-                let k = u32::from((word >> (16 * j)) as u16);
-                // 1 + k·2⁻¹⁶: exponent 0, k in the top 16 of the 23 mantissa bits.
-                *u = f32::from_bits(0x3F80_0000 | (k << 7)) - shift;
-            }
+        let mut words = [[0u64; DRAW_LANES]; BLOCK / (4 * DRAW_LANES)];
+        self.fill_words(&mut words);
+        let words = words.map(|round| round.map(u64::to_le));
+        // Draw `4q + j` is bits 16j.. of output `q`: the outputs' 16-bit halves in
+        // little-endian order, taken as one cast.
+        let halves: [u16; BLOCK] = pulp::cast(words);
+        for (u, half) in out.iter_mut().zip(halves) {
+            let k = u32::from(u16::from_le(half));
+            // 1 + k·2⁻¹⁶: exponent 0, k in the top 16 of the 23 mantissa bits.
+            *u = f32::from_bits(0x3F80_0000 | (k << 7)) - shift;
         }
     }
+}
+
+/// [`ChunkDraws::fill_words`] on 4×u64 AVX2 vectors: the same xoshiro256++ step
+/// (integer operations, so the same bits), the rotations as two shifts and an or.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn step_avx2<const ROUNDS: usize>(
+    simd: pulp::x86::V3,
+    state: [[u64; DRAW_LANES]; 4],
+    words: &mut [[u64; DRAW_LANES]; ROUNDS],
+) -> [[u64; DRAW_LANES]; 4] {
+    use pulp::u64x4;
+    let [mut s0, mut s1, mut s2, mut s3] = state.map(pulp::cast::<[u64; 4], u64x4>);
+    for round in words.iter_mut() {
+        let sum = simd.wrapping_add_u64x4(s0, s3);
+        let rotated = simd.or_u64x4(
+            simd.shl_const_u64x4::<23>(sum),
+            simd.shr_const_u64x4::<41>(sum),
+        );
+        *round = pulp::cast(simd.wrapping_add_u64x4(rotated, s0));
+        let t = simd.shl_const_u64x4::<17>(s1);
+        s2 = simd.xor_u64x4(s2, s0);
+        s3 = simd.xor_u64x4(s3, s1);
+        s1 = simd.xor_u64x4(s1, s2);
+        s0 = simd.xor_u64x4(s0, s3);
+        s2 = simd.xor_u64x4(s2, t);
+        s3 = simd.or_u64x4(
+            simd.shl_const_u64x4::<45>(s3),
+            simd.shr_const_u64x4::<19>(s3),
+        );
+    }
+    [s0, s1, s2, s3].map(pulp::cast::<u64x4, [u64; 4]>)
 }
 
 /// Lanes of the reductions: independent accumulators that the compiler keeps in
@@ -352,6 +482,7 @@ impl ChunkDraws {
 const LANES: usize = 16;
 
 /// Largest |x| of `values` (0 for none); NaN elements are ignored.
+#[inline(always)]
 pub fn max_abs(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut groups = values.chunks_exact(LANES);
@@ -372,6 +503,7 @@ pub fn max_abs(values: &[f32]) -> f32 {
 
 /// Σx² of `values`, accumulated in f32 lanes (for one chunk or one bucket; combine
 /// chunks in f64).
+#[inline(always)]
 pub fn sum_squares(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut groups = values.chunks_exact(LANES);
@@ -403,9 +535,10 @@ pub fn par_max_abs(values: &[f32]) -> f32 {
     if values.len() <= CHUNK {
         return max_abs(values);
     }
+    let arch = Arch::new();
     values
         .par_chunks(CHUNK)
-        .map(max_abs)
+        .map(|chunk| dispatch(arch, MaxAbs(chunk)))
         .reduce(|| 0.0, |a, b| if b > a { b } else { a })
 }
 
@@ -523,6 +656,37 @@ mod tests {
             let expected: Vec<u64> = lanes.iter_mut().map(StreamRng::next_u64).collect();
             assert_eq!(draws.next_words().to_vec(), expected);
         }
+    }
+
+    #[test]
+    fn chunk_draws_give_the_same_bits_with_and_without_avx2() {
+        let mut detected = ChunkDraws::new(Stream::Qsgd, &[9, 8, 7]);
+        let mut portable = detected.clone();
+        #[cfg(target_arch = "x86_64")]
+        {
+            portable.avx2 = None;
+        }
+        let mut lanes: Vec<StreamRng> = (0..DRAW_LANES as u64)
+            .map(|lane| StreamRng::new(Stream::Qsgd, &[9, 8, 7, lane]))
+            .collect();
+        for _ in 0..5 {
+            let (mut a, mut b) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+            detected.centered_uniforms(&mut a);
+            portable.centered_uniforms(&mut b);
+            assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits));
+            // Each block takes 4 rounds; draw 4q + j is bits 16j.. of output q.
+            for round in 0..4 {
+                for (lane, rng) in lanes.iter_mut().enumerate() {
+                    let word = rng.next_u64();
+                    for j in 0..4 {
+                        let k = (word >> (16 * j)) as u16;
+                        let expected = (f32::from(k) - 32767.5) / 65536.0;
+                        assert_eq!(a[16 * round + 4 * lane + j], expected);
+                    }
+                }
+            }
+        }
+        assert_eq!(detected.next_words(), portable.next_words());
     }
 
     #[test]

@@ -50,14 +50,16 @@
 //! (f32 per chunk, f64 across). The quantization works in blocks of [`BLOCK`] = 64
 //! elements: 16 generator outputs, a branch-free loop the compiler vectorises (the
 //! sign joins the level there, which is cheaper than packing a separate sign bitmap),
-//! and a packer specialised on `w`.
+//! and a packer specialised on `w`. Each chunk runs compiled for AVX2 when the CPU has
+//! it ([`super::bits::dispatch`]); the bits are the same either way.
 
+use pulp::Arch;
 use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
 use super::bits::{
-    integer_arg, integer_in_range, max_abs, pack_fixed, packed_len, sum_squares, unpack_fixed,
-    write_header, ChunkDraws, BLOCK, CHUNK,
+    dispatch, integer_arg, integer_in_range, max_abs, pack_fixed, packed_len, sum_squares,
+    unpack_fixed, write_header, ChunkDraws, Kernel, BLOCK, CHUNK,
 };
 use super::rng::Stream;
 use super::{
@@ -171,6 +173,7 @@ macro_rules! with_width {
 }
 
 /// One bucket's norm; Σv² falls back to f64 when it overflows f32.
+#[inline(always)]
 fn bucket_norm(values: &[f32], norm: QsgdNorm) -> f32 {
     match norm {
         QsgdNorm::Max => max_abs(values),
@@ -210,6 +213,7 @@ fn large_bucket_norm(values: &[f32], norm: QsgdNorm) -> f32 {
 
 /// The norm actually sent and the multiplier `s/‖v‖` (both 0 when the multiplier is
 /// not a finite number).
+#[inline(always)]
 fn norm_and_multiplier(norm: f32, levels: f32) -> (f32, f32) {
     let multiplier = levels / norm;
     if norm > 0.0 && norm.is_finite() && multiplier.is_finite() {
@@ -231,7 +235,7 @@ struct Layout {
 impl Layout {
     /// `out[p] =` the value of the bucket of element `first + p`, from `per_bucket`
     /// (0 past its end).
-    #[inline]
+    #[inline(always)]
     fn spread(&self, per_bucket: &[f32], first: usize, out: &mut [f32]) {
         let mut p = 0;
         while p < out.len() {
@@ -250,6 +254,7 @@ const MAGIC: f32 = 12_582_912.0;
 
 /// Quantize one chunk into its packed `W`-bit codes; `first` is the index of
 /// `values[0]` counted from the start of bucket 0 of `multipliers`.
+#[inline(always)]
 fn encode_chunk<const W: usize>(
     layout: Layout,
     values: &[f32],
@@ -299,6 +304,80 @@ fn quantize(v: f32, m: f32, offset: f32, levels: f32) -> u32 {
         .to_bits()
         .wrapping_sub(MAGIC.to_bits());
     (level << 1) | u32::from(v < 0.0)
+}
+
+/// [`encode_chunk`] for the runtime code width, as a [`Kernel`].
+struct EncodeChunk<'a> {
+    layout: Layout,
+    width: u32,
+    values: &'a [f32],
+    first: usize,
+    multipliers: &'a [f32],
+    draws: &'a mut ChunkDraws,
+    out: &'a mut [u8],
+}
+
+impl Kernel for EncodeChunk<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self {
+            layout,
+            width,
+            values,
+            first,
+            multipliers,
+            draws,
+            out,
+        } = self;
+        with_width!(
+            width,
+            encode_chunk(layout, values, first, multipliers, draws, out)
+        );
+    }
+}
+
+/// A chunk of whole buckets: their norms (written to `norm_bytes`), then their codes,
+/// while the chunk is still in cache.
+struct EncodeBuckets<'a> {
+    layout: Layout,
+    width: u32,
+    norm: QsgdNorm,
+    values: &'a [f32],
+    norm_bytes: &'a mut [u8],
+    draws: &'a mut ChunkDraws,
+    out: &'a mut [u8],
+}
+
+impl Kernel for EncodeBuckets<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self {
+            layout,
+            width,
+            norm,
+            values,
+            norm_bytes,
+            draws,
+            out,
+        } = self;
+        let mut multipliers = Vec::with_capacity(norm_bytes.len() / 4);
+        for (bucket, bytes) in values
+            .chunks(layout.bucket)
+            .zip(norm_bytes.chunks_exact_mut(4))
+        {
+            let (sent, multiplier) = norm_and_multiplier(bucket_norm(bucket, norm), layout.levels);
+            bytes.copy_from_slice(&sent.to_le_bytes());
+            multipliers.push(multiplier);
+        }
+        with_width!(
+            width,
+            encode_chunk(layout, values, 0, &multipliers, draws, out)
+        );
+    }
 }
 
 /// `out += scale · Q` for one chunk; returns whether a level above s was found.
@@ -387,23 +466,25 @@ impl Compressor for Qsgd {
             )
         };
         let norm = self.norm;
+        let arch = Arch::new();
         // Whole buckets per chunk when a multiple of lcm(B, 64) fits in one.
         let aligned = bucket / gcd(bucket, BLOCK) * BLOCK;
         if aligned <= CHUNK {
             let chunk_len = CHUNK / aligned * aligned;
             let buckets_per_chunk = chunk_len / bucket;
             let encode = |c: usize, norm_bytes: &mut [u8], codes: &mut [u8], values: &[f32]| {
-                let mut multipliers = Vec::with_capacity(buckets_per_chunk);
-                for (values, bytes) in values.chunks(bucket).zip(norm_bytes.chunks_exact_mut(4)) {
-                    let (sent, multiplier) =
-                        norm_and_multiplier(bucket_norm(values, norm), layout.levels);
-                    bytes.copy_from_slice(&sent.to_le_bytes());
-                    multipliers.push(multiplier);
-                }
                 let mut draws = key(c);
-                with_width!(
-                    width,
-                    encode_chunk(layout, values, 0, &multipliers, &mut draws, codes)
+                dispatch(
+                    arch,
+                    EncodeBuckets {
+                        layout,
+                        width,
+                        norm,
+                        values,
+                        norm_bytes,
+                        draws: &mut draws,
+                        out: codes,
+                    },
                 );
             };
             if n <= chunk_len {
@@ -443,9 +524,17 @@ impl Compressor for Qsgd {
                 .for_each(|(c, (codes, values))| {
                     let mut draws = key(c);
                     let first = c * CHUNK;
-                    with_width!(
-                        width,
-                        encode_chunk(layout, values, first, &multipliers, &mut draws, codes)
+                    dispatch(
+                        arch,
+                        EncodeChunk {
+                            layout,
+                            width,
+                            values,
+                            first,
+                            multipliers: &multipliers,
+                            draws: &mut draws,
+                            out: codes,
+                        },
                     );
                 });
         }

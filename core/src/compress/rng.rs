@@ -51,6 +51,12 @@ impl StreamRng {
         Self { s }
     }
 
+    /// The four state words `s[0..4]` (for stepping several generators side by side in
+    /// vector registers; the next output is `rotl(s[0] + s[3], 23) + s[0]`).
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
     /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&mut self) -> u64 {

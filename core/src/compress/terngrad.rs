@@ -33,13 +33,17 @@
 //! # Speed
 //!
 //! Two streaming passes over [`CHUNK`]s in parallel: Σg, Σg², max |g| together (f32
-//! lanes per chunk, chunks combined in order in f64), then the branch-free
-//! ternarization in blocks of [`BLOCK`] elements.
+//! lanes per chunk, chunks combined in order in f64; the payload's zeroing runs
+//! alongside), then the branch-free ternarization in blocks of [`BLOCK`] elements,
+//! both compiled for AVX2 when the CPU has it ([`super::bits::dispatch`]).
 
+use pulp::Arch;
 use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
-use super::bits::{pack_two_bit_codes, unpack_fixed, write_header, ChunkDraws, BLOCK, CHUNK};
+use super::bits::{
+    dispatch, pack_two_bit_codes, unpack_fixed, write_header, ChunkDraws, Kernel, BLOCK, CHUNK,
+};
 use super::rng::Stream;
 use super::{
     Aggregation, CompressError, Compressor, MethodId, PayloadHeader, StepContext, TensorView,
@@ -88,19 +92,39 @@ pub fn build(args: &Args) -> Result<Box<dyn Compressor>, ArgError> {
     Ok(Box::new(TernGrad::new(args)?))
 }
 
-/// Σg, Σg² and max |g| of one chunk, in f32 lanes.
+/// Lanes of [`chunk_moments`]: lane `l` accumulates the elements `i ≡ l (mod 16)`.
+const MOMENT_LANES: usize = 16;
+
+/// Elements per piece of [`chunk_moments`] (a multiple of [`MOMENT_LANES`], 4 KiB):
+/// small enough to stay in L1 while the three accumulating loops read it in turn.
+const MOMENT_PIECE: usize = 1024;
+
+/// Σg, Σg² and max |g| of one chunk, in f32 lanes. One loop per quantity over each
+/// L1-sized piece, each in the simple form the compiler vectorises well (a single loop
+/// updating all three was vectorised with shuffles and spills); every lane still
+/// takes its elements in increasing order.
+#[inline(always)]
 fn chunk_moments(values: &[f32]) -> (f32, f32, f32) {
-    const LANES: usize = 16;
-    let mut sum = [0.0f32; LANES];
-    let mut squares = [0.0f32; LANES];
-    let mut max = [0.0f32; LANES];
-    let mut groups = values.chunks_exact(LANES);
-    for group in &mut groups {
-        for (((s, q), m), &v) in sum.iter_mut().zip(&mut squares).zip(&mut max).zip(group) {
-            *s += v;
-            *q += v * v;
-            let a = v.abs();
-            *m = if a > *m { a } else { *m };
+    let mut sum = [0.0f32; MOMENT_LANES];
+    let mut squares = [0.0f32; MOMENT_LANES];
+    let mut max = [0.0f32; MOMENT_LANES];
+    for piece in values.chunks(MOMENT_PIECE) {
+        let groups = piece.chunks_exact(MOMENT_LANES);
+        for group in groups.clone() {
+            for (lane, &v) in sum.iter_mut().zip(group) {
+                *lane += v;
+            }
+        }
+        for group in groups.clone() {
+            for (lane, &v) in squares.iter_mut().zip(group) {
+                *lane += v * v;
+            }
+        }
+        for group in groups {
+            for (lane, &v) in max.iter_mut().zip(group) {
+                let a = v.abs();
+                *lane = if a > *lane { a } else { *lane };
+            }
         }
     }
     let mut total = (
@@ -108,7 +132,8 @@ fn chunk_moments(values: &[f32]) -> (f32, f32, f32) {
         squares.iter().sum::<f32>(),
         max.iter().fold(0.0f32, |m, &a| if a > m { a } else { m }),
     );
-    for &v in groups.remainder() {
+    // Only the chunk's last piece can be ragged, so this is the chunk's tail.
+    for &v in values.chunks_exact(MOMENT_LANES).remainder() {
         total.0 += v;
         total.1 += v * v;
         let a = v.abs();
@@ -122,7 +147,10 @@ fn threshold_and_max(data: &[f32], clip: f64) -> (f32, f32) {
     let partials: Vec<(f32, f32, f32)> = if data.len() <= CHUNK {
         vec![chunk_moments(data)]
     } else {
-        data.par_chunks(CHUNK).map(chunk_moments).collect()
+        let arch = Arch::new();
+        data.par_chunks(CHUNK)
+            .map(|chunk| dispatch(arch, Moments(chunk)))
+            .collect()
     };
     let (mut sum, mut squares, mut max) = (0.0f64, 0.0f64, 0.0f32);
     for &(s, q, m) in &partials {
@@ -141,6 +169,7 @@ fn threshold_and_max(data: &[f32], clip: f64) -> (f32, f32) {
     (threshold, max)
 }
 
+#[inline(always)]
 fn encode_chunk(
     values: &[f32],
     threshold: f32,
@@ -159,6 +188,42 @@ fn encode_chunk(
             *code = send + (send & u8::from(v < 0.0));
         }
         pack_two_bit_codes(&codes[..block.len()], target);
+    }
+}
+
+/// [`chunk_moments`] as a [`Kernel`].
+struct Moments<'a>(&'a [f32]);
+
+impl Kernel for Moments<'_> {
+    type Output = (f32, f32, f32);
+
+    #[inline(always)]
+    fn run(self) -> (f32, f32, f32) {
+        chunk_moments(self.0)
+    }
+}
+
+/// [`encode_chunk`] as a [`Kernel`].
+struct Encode<'a> {
+    values: &'a [f32],
+    threshold: f32,
+    inverse: f32,
+    draws: &'a mut ChunkDraws,
+    out: &'a mut [u8],
+}
+
+impl Kernel for Encode<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        encode_chunk(
+            self.values,
+            self.threshold,
+            self.inverse,
+            self.draws,
+            self.out,
+        );
     }
 }
 
@@ -202,7 +267,12 @@ impl Compressor for TernGrad {
         let data = input.data;
         out.reserve(16 + 4 * input.shape.len() + 4 + data.len().div_ceil(4));
         write_header(self.method_id(), &input, out)?;
-        let (threshold, max) = threshold_and_max(data, clip);
+        // The zeroing of the payload (one thread) overlaps the moments pass.
+        let s_at = out.len();
+        let ((threshold, max), ()) = rayon::join(
+            || threshold_and_max(data, clip),
+            || out.resize(s_at + 4 + data.len().div_ceil(4), 0),
+        );
         let s = if max < threshold { max } else { threshold };
         let inverse = 1.0 / s;
         let (s, inverse) = if s > 0.0 && s.is_finite() && inverse.is_finite() {
@@ -210,9 +280,8 @@ impl Compressor for TernGrad {
         } else {
             (0.0, 0.0)
         };
-        out.extend_from_slice(&s.to_le_bytes());
-        let start = out.len();
-        out.resize(start + data.len().div_ceil(4), 0);
+        out[s_at..s_at + 4].copy_from_slice(&s.to_le_bytes());
+        let start = s_at + 4;
         let codes = &mut out[start..];
         let key = |chunk: usize| {
             ChunkDraws::new(
@@ -226,15 +295,36 @@ impl Compressor for TernGrad {
                 ],
             )
         };
+        let arch = Arch::new();
         if data.len() <= CHUNK {
-            encode_chunk(data, threshold, inverse, &mut key(0), codes);
+            let mut draws = key(0);
+            dispatch(
+                arch,
+                Encode {
+                    values: data,
+                    threshold,
+                    inverse,
+                    draws: &mut draws,
+                    out: codes,
+                },
+            );
         } else {
             codes
                 .par_chunks_mut(CHUNK / 4)
                 .zip(data.par_chunks(CHUNK))
                 .enumerate()
                 .for_each(|(c, (codes, values))| {
-                    encode_chunk(values, threshold, inverse, &mut key(c), codes)
+                    let mut draws = key(c);
+                    dispatch(
+                        arch,
+                        Encode {
+                            values,
+                            threshold,
+                            inverse,
+                            draws: &mut draws,
+                            out: codes,
+                        },
+                    )
                 });
         }
         Ok(())

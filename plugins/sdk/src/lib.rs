@@ -9,16 +9,26 @@
 //!   bounds-checked reader for decoding untrusted payloads;
 //! - [`conformance`]: the checks every compressor must pass, for authors' own tests.
 //!
-//! The C ABI that wraps these traits for shared-library plugins joins in a later issue.
+//! - [`batch`]: the [`BatchController`] trait batch-size controllers implement;
+//! - [`export`] and [`export_plugin!`]: how a `cdylib` crate exports its compressors
+//!   and controllers as a plugin, with no `unsafe` of its own;
+//! - [`abi`]: the stable C ABI those exports speak (`ABI.md` documents it with a C
+//!   header); [`ffi`] is the SDK's implementation of its plugin side.
 
+pub mod abi;
 pub mod args;
+pub mod batch;
 pub mod compress;
 pub mod conformance;
+pub mod export;
+pub mod ffi;
 pub mod wire;
 
 pub use args::{ArgError, ArgValue, Args};
+pub use batch::{BatchController, BatchDecision, BatchMetrics, ControllerError};
 pub use compress::{
     Aggregation, CompressError, Compressor, FeedbackPolicy, ResidualSource, Round, StepContext,
     TensorView, WireElement,
 };
+pub use export::{CompressorExport, ControllerExport, Param, ParamKind, PluginDef};
 pub use wire::{MethodId, PayloadHeader, WireError, WireReader, WIRE_MAGIC, WIRE_VERSION};

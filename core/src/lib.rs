@@ -8,6 +8,7 @@ pub mod backend;
 pub mod comm;
 pub mod compress;
 pub mod graph;
+pub mod loader;
 /// The argument vocabulary shared with plugins (the `regimen-plugin` SDK).
 pub use regimen_plugin as plugin;
 pub mod problem;

@@ -180,8 +180,9 @@ pub struct RgPluginInfo {
     pub version: RgStr,
     /// Number of exports.
     pub export_count: usize,
-    /// The exports.
-    pub exports: *const RgExport,
+    /// The exports: an array of `export_count` pointers (pointers, so that
+    /// [`RgExport`] can grow without changing the array's stride).
+    pub exports: *const *const RgExport,
 }
 
 /// One named component the library exports.
@@ -202,7 +203,8 @@ pub struct RgExport {
     pub description: RgStr,
     /// Number of schema entries.
     pub param_count: usize,
-    /// The argument schema.
+    /// The argument schema ([`RgParam`] is frozen for ABI 1: new schema fields
+    /// would come as a new table appended to this struct).
     pub params: *const RgParam,
     /// Passed back unchanged to `create`.
     pub data: *const c_void,

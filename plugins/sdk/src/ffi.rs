@@ -30,6 +30,7 @@ use crate::export::{CompressorExport, ControllerExport, Param, PluginDef};
 pub struct Tables {
     info: RgPluginInfo,
     _exports: Vec<RgExport>,
+    _export_ptrs: Vec<*const RgExport>,
     _params: Vec<Vec<RgParam>>,
 }
 
@@ -90,6 +91,8 @@ impl Tables {
             });
             params.push(table);
         }
+        let export_ptrs: Vec<*const RgExport> =
+            exports.iter().map(|e| e as *const RgExport).collect();
         let info = RgPluginInfo {
             size: std::mem::size_of::<RgPluginInfo>() as u32,
             abi_major: ABI_MAJOR,
@@ -98,11 +101,12 @@ impl Tables {
             name: RgStr::of(def.name),
             version: RgStr::of(def.version),
             export_count: exports.len(),
-            exports: exports.as_ptr(),
+            exports: export_ptrs.as_ptr(),
         };
         Self {
             info,
             _exports: exports,
+            _export_ptrs: export_ptrs,
             _params: params,
         }
     }

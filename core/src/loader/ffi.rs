@@ -140,19 +140,23 @@ pub(super) fn open(path: &Path) -> Result<Tables, PluginError> {
     for (index, &export) in pointers.iter().enumerate() {
         // SAFETY: each entry is null or points at an export whose `size` field is
         // first (ABI contract).
-        let Some(size) = (unsafe { export.as_ref() }).map(|_| unsafe {
-            std::ptr::addr_of!((*export).size).read()
-        }) else {
+        let Some(size) = (unsafe { export.as_ref() })
+            .map(|_| unsafe { std::ptr::addr_of!((*export).size).read() })
+        else {
             return Err(malformed(format!("export {index} is a null pointer")));
         };
         if (size as usize) < std::mem::size_of::<RgExport>() {
-            return Err(malformed(format!("export {index} has {size} bytes, ABI 1.0 needs {}", std::mem::size_of::<RgExport>())));
+            return Err(malformed(format!(
+                "export {index} has {size} bytes, ABI 1.0 needs {}",
+                std::mem::size_of::<RgExport>()
+            )));
         }
         // SAFETY: `size` covers the struct.
         let e = unsafe { *export };
         // SAFETY: the plugin's strings are valid for their lengths (ABI contract).
         let export_name = unsafe { read_str(e.name, "export name") }.map_err(malformed)?;
-        let description = unsafe { read_str(e.description, "export description") }.map_err(malformed)?;
+        let description =
+            unsafe { read_str(e.description, "export description") }.map_err(malformed)?;
         let mut params = Vec::with_capacity(e.param_count);
         if e.param_count > 0 {
             if e.params.is_null() {
@@ -163,9 +167,13 @@ pub(super) fn open(path: &Path) -> Result<Tables, PluginError> {
                 // SAFETY: as above, for the entry's strings.
                 let pname = unsafe { read_str(p.name, "parameter name") }.map_err(malformed)?;
                 let kind = ParamKind::from_code(p.kind).ok_or_else(|| {
-                    malformed(format!("`{export_name}`: parameter `{pname}` has unknown kind code {}", p.kind))
+                    malformed(format!(
+                        "`{export_name}`: parameter `{pname}` has unknown kind code {}",
+                        p.kind
+                    ))
                 })?;
-                let default = unsafe { read_str(p.default, "parameter default") }.map_err(malformed)?;
+                let default =
+                    unsafe { read_str(p.default, "parameter default") }.map_err(malformed)?;
                 let doc = unsafe { read_str(p.doc, "parameter doc") }.map_err(malformed)?;
                 params.push(ParamInfo {
                     name: pname,
@@ -316,7 +324,13 @@ fn raw_args(args: &Args) -> Vec<RgArg> {
 }
 
 /// A failed call, in words that name the plugin file and the export.
-fn failure(plugin: &Plugin, export: &str, what: &str, status: RgStatus, captured: &Captured) -> String {
+fn failure(
+    plugin: &Plugin,
+    export: &str,
+    what: &str,
+    status: RgStatus,
+    captured: &Captured,
+) -> String {
     let path = plugin.path.display();
     let message = captured.message();
     match status {
@@ -356,7 +370,9 @@ impl std::fmt::Debug for PluginCompressor {
     }
 }
 
-fn decode_info(info: &RgCompressorInfo) -> Result<(MethodId, Aggregation, FeedbackPolicy, ResidualSource), String> {
+fn decode_info(
+    info: &RgCompressorInfo,
+) -> Result<(MethodId, Aggregation, FeedbackPolicy, ResidualSource), String> {
     let method = u16::try_from(info.method_id)
         .map(MethodId)
         .map_err(|_| format!("method id {} does not fit 16 bits", info.method_id))?;
@@ -388,7 +404,11 @@ fn decode_info(info: &RgCompressorInfo) -> Result<(MethodId, Aggregation, Feedba
 impl PluginCompressor {
     /// Build an instance of export `export` of `plugin` from `args`; a refusal keeps
     /// the argument the plugin named.
-    pub(super) fn create(plugin: Arc<Plugin>, export: usize, args: &Args) -> Result<Self, ArgError> {
+    pub(super) fn create(
+        plugin: Arc<Plugin>,
+        export: usize,
+        args: &Args,
+    ) -> Result<Self, ArgError> {
         let whole = |message: String| ArgError {
             argument: None,
             message,
@@ -410,7 +430,14 @@ impl PluginCompressor {
             let _serial = plugin.serialize(export);
             // SAFETY: every pointer is valid for the call; `raw.data` is the export's.
             captured.call(|err| unsafe {
-                (vtable.create)(raw.data, list.as_ptr(), list.len(), &mut inst, &mut info, err)
+                (vtable.create)(
+                    raw.data,
+                    list.as_ptr(),
+                    list.len(),
+                    &mut inst,
+                    &mut info,
+                    err,
+                )
             })
         };
         if status == STATUS_BAD_ARGS {
@@ -423,7 +450,10 @@ impl PluginCompressor {
             return Err(whole(failure(&plugin, &name, "create", status, &captured)));
         }
         if inst.is_null() {
-            return Err(whole(format!("plugin {}: `{name}` created no instance", plugin.path.display())));
+            return Err(whole(format!(
+                "plugin {}: `{name}` created no instance",
+                plugin.path.display()
+            )));
         }
         let decoded = decode_info(&info);
         let mut made = Self {
@@ -459,7 +489,12 @@ impl PluginCompressor {
     }
 
     /// Check a payload the plugin wrote for a tensor of `numel` elements.
-    fn check_payload(&self, payload: &[u8], numel: usize, tensor: &str) -> Result<(), CompressError> {
+    fn check_payload(
+        &self,
+        payload: &[u8],
+        numel: usize,
+        tensor: &str,
+    ) -> Result<(), CompressError> {
         let wrong = |reason: String| {
             CompressError::Failed(format!(
                 "plugin {}: `{}` wrote a wrong payload for `{tensor}`: {reason}",
@@ -483,7 +518,9 @@ impl PluginCompressor {
 
     /// Most bytes one payload of `numel` elements may take.
     fn payload_limit(numel: usize) -> usize {
-        (16 + 4 * MAX_DIMS).saturating_add(numel.saturating_mul(16)).saturating_add(1 << 20)
+        (16 + 4 * MAX_DIMS)
+            .saturating_add(numel.saturating_mul(16))
+            .saturating_add(1 << 20)
     }
 }
 
@@ -740,7 +777,11 @@ fn nan_if_none(value: Option<f64>) -> f64 {
 }
 
 impl PluginController {
-    pub(super) fn create(plugin: Arc<Plugin>, export: usize, args: &Args) -> Result<Self, ArgError> {
+    pub(super) fn create(
+        plugin: Arc<Plugin>,
+        export: usize,
+        args: &Args,
+    ) -> Result<Self, ArgError> {
         let whole = |message: String| ArgError {
             argument: None,
             message,
@@ -771,7 +812,10 @@ impl PluginController {
             return Err(whole(failure(&plugin, &name, "create", status, &captured)));
         }
         if inst.is_null() {
-            return Err(whole(format!("plugin {}: `{name}` created no instance", plugin.path.display())));
+            return Err(whole(format!(
+                "plugin {}: `{name}` created no instance",
+                plugin.path.display()
+            )));
         }
         Ok(Self {
             plugin,
@@ -816,7 +860,8 @@ impl BatchController for PluginController {
         let status = {
             let _serial = self.plugin.serialize(self.export);
             // SAFETY: `inst` is live; every pointer is valid for the call.
-            captured.call(|err| unsafe { (self.vtable.observe)(self.inst, &raw, &mut decision, err) })
+            captured
+                .call(|err| unsafe { (self.vtable.observe)(self.inst, &raw, &mut decision, err) })
         };
         if status != STATUS_OK {
             return Err(self.fail("observe", status, &captured));

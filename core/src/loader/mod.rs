@@ -62,7 +62,9 @@ pub enum PluginError {
         pin: String,
     },
     /// The file's SHA-256 differs from the pin (checked before loading anything).
-    #[error("plugin {path}: sha256 is {actual}, the script pins {expected}; the library was not loaded")]
+    #[error(
+        "plugin {path}: sha256 is {actual}, the script pins {expected}; the library was not loaded"
+    )]
     ChecksumMismatch {
         /// The file.
         path: PathBuf,
@@ -209,7 +211,10 @@ impl fmt::Debug for Plugin {
         f.debug_struct("Plugin")
             .field("path", &self.path)
             .field("name", &self.name)
-            .field("exports", &self.exports.iter().map(|e| &e.name).collect::<Vec<_>>())
+            .field(
+                "exports",
+                &self.exports.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -270,10 +275,12 @@ impl Plugin {
                 });
             }
         }
-        let canonical = path.canonicalize().map_err(|error| PluginError::Unreadable {
-            path: err_path.clone(),
-            reason: error.to_string(),
-        })?;
+        let canonical = path
+            .canonicalize()
+            .map_err(|error| PluginError::Unreadable {
+                path: err_path.clone(),
+                reason: error.to_string(),
+            })?;
         let mut cache = loaded();
         if let Some(plugin) = cache.get(&canonical) {
             return Ok(Arc::clone(plugin));
@@ -451,8 +458,10 @@ impl Plugin {
             }
             let plugin = Arc::clone(self);
             registry = registry.with_method(export.name.clone(), move |args: &Args| {
-                Ok(Box::new(PluginCompressor::create(Arc::clone(&plugin), index, args)?)
-                    as Box<dyn Compressor>)
+                Ok(
+                    Box::new(PluginCompressor::create(Arc::clone(&plugin), index, args)?)
+                        as Box<dyn Compressor>,
+                )
             });
         }
         registry
@@ -473,7 +482,11 @@ impl Plugin {
                 "\n{} `{}`{}",
                 export.kind.name(),
                 export.name,
-                if export.thread_safe { "" } else { " (calls serialized: not thread-safe)" }
+                if export.thread_safe {
+                    ""
+                } else {
+                    " (calls serialized: not thread-safe)"
+                }
             );
             if !export.description.is_empty() {
                 let _ = writeln!(out, "  {}", export.description);
@@ -491,7 +504,11 @@ impl Plugin {
                     "  {}: {} ({default}){}",
                     p.name,
                     p.kind.name(),
-                    if p.doc.is_empty() { String::new() } else { format!(" — {}", p.doc) }
+                    if p.doc.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" — {}", p.doc)
+                    }
                 );
             }
         }

@@ -28,7 +28,9 @@
 //! then the loader and the tests drive it directly.
 
 use regimen_plugin::export::{ControllerExport, Param, PluginDef};
-use regimen_plugin::{ArgError, Args, BatchController, BatchDecision, BatchMetrics, ControllerError};
+use regimen_plugin::{
+    ArgError, Args, BatchController, BatchDecision, BatchMetrics, ControllerError,
+};
 
 /// The script name.
 pub const NAME: &str = "adabatch";
@@ -40,12 +42,17 @@ pub const PLUGIN: PluginDef = PluginDef {
     compressors: &[],
     controllers: &[ControllerExport {
         name: NAME,
-        description: "AdaBatch: multiply the batch by `factor` every `every` epochs, lr scaled with it",
+        description:
+            "AdaBatch: multiply the batch by `factor` every `every` epochs, lr scaled with it",
         params: &[
             Param::number("every", "epochs between two increases"),
             Param::number("factor", "batch multiplier at each increase").default("2"),
             Param::number("max", "largest batch size").default("unbounded"),
-            Param::text("lr_scale", "how the lr follows the batch: linear, sqrt or none").default("linear"),
+            Param::text(
+                "lr_scale",
+                "how the lr follows the batch: linear, sqrt or none",
+            )
+            .default("linear"),
         ],
         thread_safe: true,
         build,
@@ -94,18 +101,27 @@ impl AdaBatch {
         args.only(&["every", "factor", "max", "lr_scale"])?;
         let every = args.number("every", None)?;
         if !(every.is_finite() && every > 0.0) {
-            return Err(refuse("every", format!("must be a positive number of epochs, got {every}")));
+            return Err(refuse(
+                "every",
+                format!("must be a positive number of epochs, got {every}"),
+            ));
         }
         let factor = args.number("factor", Some(2.0))?;
         if !(factor.is_finite() && factor >= 1.0) {
-            return Err(refuse("factor", format!("must be at least 1, got {factor}")));
+            return Err(refuse(
+                "factor",
+                format!("must be at least 1, got {factor}"),
+            ));
         }
         let max = match args.get("max") {
             None => None,
             Some(_) => {
                 let max = args.number("max", None)?;
                 if !(max.is_finite() && max >= 1.0 && max.fract() == 0.0) {
-                    return Err(refuse("max", format!("must be a whole batch size ≥ 1, got {max}")));
+                    return Err(refuse(
+                        "max",
+                        format!("must be a whole batch size ≥ 1, got {max}"),
+                    ));
                 }
                 Some(max as u64)
             }
@@ -165,7 +181,10 @@ impl BatchController for AdaBatch {
 
     fn load_state(&mut self, state: &[u8]) -> Result<(), ControllerError> {
         let bytes: [u8; 8] = state.try_into().map_err(|_| {
-            ControllerError::State(format!("adabatch keeps 8 bytes of state, got {}", state.len()))
+            ControllerError::State(format!(
+                "adabatch keeps 8 bytes of state, got {}",
+                state.len()
+            ))
         })?;
         self.base = u64::from_le_bytes(bytes);
         Ok(())

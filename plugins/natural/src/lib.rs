@@ -32,8 +32,8 @@
 
 use regimen_plugin::export::{CompressorExport, Param, PluginDef};
 use regimen_plugin::{
-    Aggregation, ArgError, Args, CompressError, Compressor, MethodId, PayloadHeader,
-    StepContext, TensorView, WireError,
+    Aggregation, ArgError, Args, CompressError, Compressor, MethodId, PayloadHeader, StepContext,
+    TensorView, WireError,
 };
 
 /// The payload method id of `natural`.
@@ -48,8 +48,13 @@ pub const PLUGIN: PluginDef = PluginDef {
     version: env!("CARGO_PKG_VERSION"),
     compressors: &[CompressorExport {
         name: NAME,
-        description: "natural compression: unbiased stochastic rounding to powers of two, 9 bits per element",
-        params: &[Param::bool("error_feedback", "keep an error-feedback residual (the host's switch)").default("false")],
+        description:
+            "natural compression: unbiased stochastic rounding to powers of two, 9 bits per element",
+        params: &[Param::bool(
+            "error_feedback",
+            "keep an error-feedback residual (the host's switch)",
+        )
+        .default("false")],
         thread_safe: true,
         build,
     }],
@@ -220,7 +225,10 @@ mod tests {
                 y.abs() == lo || y.abs() == hi
             };
             assert!(ok, "{x} became {y}");
-            assert!(y == 0.0 || y.signum() == x.signum(), "{x} changed sign: {y}");
+            assert!(
+                y == 0.0 || y.signum() == x.signum(),
+                "{x} changed sign: {y}"
+            );
         }
         // Exact powers of two never move.
         assert_eq!(out[1], 1.0);
@@ -230,7 +238,9 @@ mod tests {
     #[test]
     fn rounding_is_unbiased() {
         // 0.75 = 2^-1 · 1.5: up to 1 with p = 0.5. 1.25: up to 2 with p = 0.25.
-        let data: Vec<f32> = (0..200_000).map(|i| if i % 2 == 0 { 0.75 } else { -1.25 }).collect();
+        let data: Vec<f32> = (0..200_000)
+            .map(|i| if i % 2 == 0 { 0.75 } else { -1.25 })
+            .collect();
         let (_, out) = roundtrip(&data, 3);
         let mean = |parity: usize| {
             let picked: Vec<f64> = out

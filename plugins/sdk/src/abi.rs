@@ -330,8 +330,11 @@ pub struct RgCompressorVTable {
         err: *const RgErrorOut,
     ) -> RgStatus,
     /// Append the instance's state to `out`.
-    pub save_state:
-        unsafe extern "C" fn(inst: *mut c_void, out: *const RgSink, err: *const RgErrorOut) -> RgStatus,
+    pub save_state: unsafe extern "C" fn(
+        inst: *mut c_void,
+        out: *const RgSink,
+        err: *const RgErrorOut,
+    ) -> RgStatus,
     /// Restore what `save_state` wrote.
     pub load_state: unsafe extern "C" fn(
         inst: *mut c_void,
@@ -407,8 +410,11 @@ pub struct RgControllerVTable {
         err: *const RgErrorOut,
     ) -> RgStatus,
     /// Append the instance's state to `out`.
-    pub save_state:
-        unsafe extern "C" fn(inst: *mut c_void, out: *const RgSink, err: *const RgErrorOut) -> RgStatus,
+    pub save_state: unsafe extern "C" fn(
+        inst: *mut c_void,
+        out: *const RgSink,
+        err: *const RgErrorOut,
+    ) -> RgStatus,
     /// Restore what `save_state` wrote.
     pub load_state: unsafe extern "C" fn(
         inst: *mut c_void,

@@ -234,7 +234,10 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], Fail> {
         return Ok(&[]);
     }
     if ptr.is_null() {
-        return Err(Fail::new(STATUS_ERROR, "null pointer with a non-zero length"));
+        return Err(Fail::new(
+            STATUS_ERROR,
+            "null pointer with a non-zero length",
+        ));
     }
     // SAFETY: non-null and, by the caller's guarantee, valid for `len` bytes.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
@@ -329,7 +332,9 @@ fn compressor_info(c: &dyn Compressor) -> RgCompressorInfo {
 ///
 /// # Safety
 /// `ctx` is valid, with valid scheduled entries.
-unsafe fn read_context(ctx: *const RgStepContext) -> Result<(RgStepContext, Vec<(String, f64)>), Fail> {
+unsafe fn read_context(
+    ctx: *const RgStepContext,
+) -> Result<(RgStepContext, Vec<(String, f64)>), Fail> {
     // SAFETY: forwarded from the caller.
     let ctx = *unsafe { ctx.as_ref() }.ok_or_else(|| Fail::new(STATUS_ERROR, "null context"))?;
     let mut scheduled = Vec::with_capacity(ctx.scheduled_len);
@@ -384,10 +389,17 @@ unsafe extern "C" fn compressor_create(
             if (out_info.size as usize) < std::mem::size_of::<RgCompressorInfo>() {
                 return Err(Fail::new(
                     STATUS_ERROR,
-                    format!("the host's compressor info has {} bytes, ABI 1.0 needs {}", out_info.size, std::mem::size_of::<RgCompressorInfo>()),
+                    format!(
+                        "the host's compressor info has {} bytes, ABI 1.0 needs {}",
+                        out_info.size,
+                        std::mem::size_of::<RgCompressorInfo>()
+                    ),
                 ));
             }
-            *out_info = RgCompressorInfo { size: out_info.size, ..full };
+            *out_info = RgCompressorInfo {
+                size: out_info.size,
+                ..full
+            };
             let boxed = Box::new(CompressorInstance {
                 compressor,
                 scratch: Vec::new(),
@@ -471,9 +483,11 @@ unsafe extern "C" fn compressor_next_round(
                 .as_mut()
                 .ok_or_else(|| Fail::new(STATUS_ERROR, "null round pointer"))?;
             me.scratch.clear();
-            let next = me
-                .compressor
-                .next_round(reduced, &step_context(&ctx, &scheduled), &mut me.scratch)?;
+            let next = me.compressor.next_round(
+                reduced,
+                &step_context(&ctx, &scheduled),
+                &mut me.scratch,
+            )?;
             *round = match next {
                 Round::More => ROUND_MORE,
                 Round::Done => ROUND_DONE,
@@ -620,7 +634,10 @@ unsafe extern "C" fn controller_observe(
                 .as_ref()
                 .ok_or_else(|| Fail::new(STATUS_ERROR, "null metrics"))?;
             if (m.size as usize) < std::mem::size_of::<RgBatchMetrics>() {
-                return Err(Fail::new(STATUS_ERROR, "the host's metrics struct is too small"));
+                return Err(Fail::new(
+                    STATUS_ERROR,
+                    "the host's metrics struct is too small",
+                ));
             }
             let out = decision
                 .as_mut()

@@ -204,7 +204,10 @@ impl BatchController for BadBatch {
 
     fn observe(&mut self, metrics: &BatchMetrics) -> Result<BatchDecision, ControllerError> {
         match self.mode.as_str() {
-            "panic" => panic!("bad plugin: deliberate controller panic at step {}", metrics.step),
+            "panic" => panic!(
+                "bad plugin: deliberate controller panic at step {}",
+                metrics.step
+            ),
             "zero" => Ok(BatchDecision {
                 batch: 0,
                 lr_scale: None,

@@ -3,7 +3,10 @@
 //! its parameter list, and every problem found is reported, not only the first.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
+use regimen_core::loader::PluginSet;
+use regimen_core::runtime::CompressorRegistry;
 use regimen_core::{BinaryOp, Node, NodeId, ScalarGraph, Schedule, Strategy};
 
 use crate::ast::*;
@@ -11,6 +14,7 @@ use crate::diagnostic::{closest, Diagnostic, Span};
 
 mod args;
 mod calls;
+mod plugins;
 mod strategy;
 
 pub use calls::FUNCTIONS;
@@ -29,7 +33,7 @@ pub const KNOWN_SCALARS: &[&str] = &[
 ];
 
 /// Statement keywords that later parts of Regimen give meaning to.
-const FUTURE_DIRECTIVES: &[&str] = &["batch", "on", "at", "plugin"];
+const FUTURE_DIRECTIVES: &[&str] = &["batch", "on", "at"];
 
 /// Settings the script may leave to the caller (command-line flags).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -38,6 +42,12 @@ pub struct CompileOptions {
     pub steps_per_epoch: Option<f64>,
     /// Samples per step; overrides the script's `batch = N`.
     pub batch_size: Option<f64>,
+    /// The folder a relative `plugin "…"` path is relative to: the script's folder
+    /// ([`crate::compile`] fills it from the file name when it is `None`).
+    pub script_dir: Option<PathBuf>,
+    /// Further folders a relative `plugin "…"` path is looked up in, in order
+    /// (`--plugin-path`).
+    pub plugin_path: Vec<PathBuf>,
 }
 
 /// A successfully compiled script.
@@ -54,6 +64,9 @@ pub struct Compiled {
     /// The tensor side: optimizer, parameter groups, layer decay, precision. Its
     /// numeric hyperparameters are outputs of [`Compiled::graph`].
     pub strategy: Strategy,
+    /// The libraries the script's `plugin` statements loaded; the strategy's
+    /// methods are looked up in [`PluginSet::registry`] (then the built-ins).
+    pub plugins: PluginSet,
 }
 
 impl Compiled {
@@ -87,6 +100,10 @@ pub fn compile_script(
         output_spans: Vec::new(),
         strategy: Strategy::default(),
         optimizer_named: false,
+        script_dir: options.script_dir.clone(),
+        plugin_path: options.plugin_path.clone(),
+        plugins: PluginSet::new(),
+        registry: CompressorRegistry::new(),
     };
     compiler.run(script);
     let mut diagnostics = compiler.diagnostics;
@@ -100,6 +117,7 @@ pub fn compile_script(
         steps_per_epoch: compiler.steps_per_epoch,
         batch_size: compiler.batch_size,
         strategy: compiler.strategy,
+        plugins: compiler.plugins,
     })
 }
 
@@ -186,6 +204,14 @@ struct Compiler<'a> {
     strategy: Strategy,
     /// The `optimizer` statement named a known optimizer.
     optimizer_named: bool,
+    /// See [`CompileOptions::script_dir`].
+    script_dir: Option<PathBuf>,
+    /// See [`CompileOptions::plugin_path`].
+    plugin_path: Vec<PathBuf>,
+    /// The libraries `plugin` statements loaded.
+    plugins: PluginSet,
+    /// Where `compress` methods are built: the plugins' and the built-ins.
+    registry: CompressorRegistry,
 }
 
 /// Where a top-level setting was made.
@@ -315,6 +341,8 @@ impl<'a> Compiler<'a> {
                         {
                             horizon = Some(Setting { stmt, value: item });
                         }
+                    } else if keyword == "plugin" {
+                        self.plugin_statement(directive);
                     } else if strategy::DIRECTIVES.contains(&keyword) {
                         self.collect_directive(directive);
                     } else if FUTURE_DIRECTIVES.contains(&keyword) {
@@ -324,7 +352,7 @@ impl<'a> Compiler<'a> {
                                 format!("`{keyword}` statements are not supported yet"),
                             )
                             .with_label("not yet supported")
-                            .with_help("batch-size control, policies and plugins come in a later version of Regimen"),
+                            .with_help("batch-size control and policies come in a later version of Regimen"),
                         );
                     } else {
                         let d = Diagnostic::error(
@@ -332,7 +360,7 @@ impl<'a> Compiler<'a> {
                             format!("unknown statement `{keyword}`"),
                         )
                         .with_label("unknown");
-                        let candidates = ["horizon", "let"]
+                        let candidates = ["horizon", "let", "plugin"]
                             .into_iter()
                             .chain(strategy::DIRECTIVES.iter().copied())
                             .chain(FUTURE_DIRECTIVES.iter().copied())
@@ -348,6 +376,7 @@ impl<'a> Compiler<'a> {
             }
         }
 
+        self.registry = self.plugins.registry();
         if self.batch_size.is_none() {
             if let Some(setting) = &batch {
                 self.batch_size = self.positive_count(setting.value, "batch size");

@@ -20,7 +20,12 @@ pub fn compile(file: &SourceFile, options: &CompileOptions) -> Result<Compiled, 
         file: file.clone(),
         diagnostics,
     })?;
-    compile::compile_script(&script, options).map_err(|diagnostics| Report {
+    let mut options = options.clone();
+    if options.script_dir.is_none() {
+        // `plugin "…"` paths are relative to the script's folder.
+        options.script_dir = std::path::Path::new(&file.name).parent().map(Into::into);
+    }
+    compile::compile_script(&script, &options).map_err(|diagnostics| Report {
         file: file.clone(),
         diagnostics,
     })

@@ -15,9 +15,8 @@
 //! `error_feedback:` argument also stays in the arguments, where the methods accept
 //! it.
 
-use regimen_core::compress::{
-    build, BuildError, FeedbackPolicy, BUILTIN_METHODS, ERROR_FEEDBACK_ARG,
-};
+use regimen_core::compress::{BuildError, FeedbackPolicy, BUILTIN_METHODS, ERROR_FEEDBACK_ARG};
+use regimen_core::loader::ExportKind;
 use regimen_core::plugin::{ArgError, ArgValue, Args};
 use regimen_core::strategy::{CompressSpec, ScheduledArg};
 
@@ -113,7 +112,12 @@ impl<'a> Compiler<'a> {
             self.not_a_method(expr);
             return None;
         };
-        if !BUILTIN_METHODS.contains(&method.name.as_str()) {
+        if !BUILTIN_METHODS.contains(&method.name.as_str())
+            && self
+                .plugins
+                .find(ExportKind::Compressor, &method.name)
+                .is_none()
+        {
             self.unknown_method(&method);
             self.check_args(call_args);
             return None;
@@ -146,7 +150,7 @@ impl<'a> Compiler<'a> {
             scheduled: compiled.scheduled,
             error_feedback,
         };
-        match build(&spec.method, &spec.args) {
+        match self.registry.build(&spec.method, &spec.args) {
             Ok(compressor) => {
                 if compressor.feedback() == FeedbackPolicy::Internal {
                     if let Some(span) = with_feedback
@@ -232,8 +236,14 @@ impl<'a> Compiler<'a> {
     }
 
     fn unknown_method(&mut self, method: &Ident) {
-        let names = BUILTIN_METHODS.join(", ");
-        let help = match closest(&method.name, BUILTIN_METHODS.iter().copied()) {
+        let plugin_names = self.plugins.names(ExportKind::Compressor);
+        let all: Vec<&str> = BUILTIN_METHODS
+            .iter()
+            .copied()
+            .chain(plugin_names.iter().copied())
+            .collect();
+        let names = all.join(", ");
+        let help = match closest(&method.name, all.iter().copied()) {
             Some(near) => format!("did you mean `{near}`? compression methods are: {names}"),
             None => format!("compression methods are: {names}"),
         };

@@ -595,6 +595,18 @@ pub fn par_max_abs(values: &[f32]) -> f32 {
         .reduce(|| 0.0, |a, b| if b > a { b } else { a })
 }
 
+/// Grow `out` by `len` zero bytes, written by all threads when `len` exceeds a
+/// [`CHUNK`]: a payload's body is zeroed before the parallel encoders fill it (safe
+/// Rust has no uninitialised buffers), and one thread alone would spend a good part
+/// of a streaming encoder's time on that memset.
+pub fn extend_zeroed(out: &mut Vec<u8>, len: usize) {
+    if len <= CHUNK {
+        out.resize(out.len() + len, 0);
+    } else {
+        out.par_extend(rayon::iter::repeat_n(0u8, len));
+    }
+}
+
 /// Check that `input.shape` describes `input.data` and append the payload header of
 /// `method` to `out`.
 pub fn write_header(

@@ -58,8 +58,8 @@ use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
 use super::bits::{
-    dispatch, integer_arg, integer_in_range, max_abs, pack_byte_block, pack_fixed, packed_len,
-    sum_squares, unpack_fixed, write_header, ChunkDraws, Kernel, BLOCK, CHUNK,
+    dispatch, extend_zeroed, integer_arg, integer_in_range, max_abs, pack_byte_block, pack_fixed,
+    packed_len, sum_squares, unpack_fixed, write_header, ChunkDraws, Kernel, BLOCK, CHUNK,
 };
 use super::rng::Stream;
 use super::{
@@ -457,7 +457,7 @@ impl Compressor for Qsgd {
         out.extend_from_slice(&levels.to_le_bytes());
         out.extend_from_slice(&self.bucket.to_le_bytes());
         let norms_at = out.len();
-        out.resize(norms_at + 4 * buckets + code_bytes, 0);
+        extend_zeroed(out, 4 * buckets + code_bytes);
         let (norm_bytes, code_out) = out[norms_at..].split_at_mut(4 * buckets);
         let layout = Layout {
             bucket,

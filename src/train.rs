@@ -208,7 +208,7 @@ pub struct EpochSummary {
     pub test_accuracy: f64,
     /// The lr of the epoch's last step.
     pub lr: f64,
-    /// Samples per step.
+    /// Samples per step (the last step of an epoch may have fewer).
     pub batch: u64,
     /// Gradient bytes worker 0 sent during the epoch (payloads as encoded).
     pub bytes_sent: u64,
@@ -996,12 +996,11 @@ impl<'a> Worker<'a> {
             .filter(|r| r.values[0] as u64 == epoch)
             .collect();
         let column = |name: &str| TRACE_COLUMNS.iter().position(|c| *c == name).unwrap_or(0);
-        let (loss, skipped, bytes, lr, batch) = (
+        let (loss, skipped, bytes, lr) = (
             column("loss"),
             column("skipped"),
             column("bytes_sent"),
             column("lr"),
-            column("batch"),
         );
         let finite: Vec<f64> = rows
             .iter()
@@ -1018,7 +1017,7 @@ impl<'a> Worker<'a> {
             test_loss: test.loss,
             test_accuracy: test.accuracy,
             lr: last.map_or(f64::NAN, |r| r.values[lr]),
-            batch: last.map_or(0, |r| r.values[batch] as u64),
+            batch: self.plan.batch as u64,
             bytes_sent: rows.iter().map(|r| r.values[bytes] as u64).sum(),
             skipped: rows.iter().map(|r| r.values[skipped] as u64).sum(),
         })

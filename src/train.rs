@@ -745,7 +745,7 @@ fn run_workers(
 ) -> Result<(History, u64), Error> {
     if plan.workers == 1 {
         let result = Worker::new(plan, 0, Box::new(SingleProcess))?.run(Some(observer))?;
-        return result.ok_or_else(|| Error::WorkerPanicked { rank: 0 });
+        return result.ok_or(Error::WorkerPanicked { rank: 0 });
     }
     let mut communicators = ThreadCluster::new(plan.workers).into_iter();
     let first = communicators.next();
@@ -1269,7 +1269,8 @@ pub fn compare(
 /// train loss per epoch, bytes sent per epoch), one line per script (the mean over
 /// seeds), x in epochs.
 pub fn compare_panels(results: &[Compared]) -> Vec<crate::plot::Panel> {
-    let measures: [(&str, fn(&EpochSummary) -> f64); 3] = [
+    type Measure = fn(&EpochSummary) -> f64;
+    let measures: [(&str, Measure); 3] = [
         ("test accuracy", |e| e.test_accuracy),
         ("train loss", |e| e.train_loss),
         ("bytes sent per epoch", |e| e.bytes_sent as f64),

@@ -76,7 +76,7 @@ pub const MAX_CLASSES: u32 = 100_000;
 
 /// Random streams of this module (see [`SplitMix64::keyed`]).
 mod stream {
-    pub const SPLIT: u64 = 0x5350_4c49_54;
+    pub const SPLIT: u64 = 10;
     pub const TEACHER_WEIGHTS: u64 = 11;
     pub const TEACHER_INPUTS: u64 = 12;
 }

@@ -269,7 +269,7 @@ impl Mlp {
                     None => x.dot(&w.t()),
                     Some(previous) => self.activate(previous).dot(&w.t()),
                 };
-                input + &b
+                input + b
             };
             pre.push(z);
         }

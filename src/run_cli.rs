@@ -224,7 +224,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let s = &outcome.summary;
     println!(
-        "\n{} steps in {:.1} s: test accuracy {:.2}% (best {:.2}%), {} sent ({:.1}× less than dense f32), {} skipped steps",
+        "\n{} steps in {:.1} s: test accuracy {:.2}% (best {:.2}%), {} of gradients sent (dense f32 / sent = {:.1}×), {} skipped steps",
         s.steps_done - s.resumed_at_step,
         s.seconds,
         100.0 * s.final_test_accuracy,

@@ -187,8 +187,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             train_rows,
             test_rows,
             model,
+            warnings,
+            binding_warnings,
         } => {
             bar.suspend(|| {
+                if let Some(warnings) = warnings {
+                    eprint!("{warnings}");
+                }
+                for warning in binding_warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!(
                     "{}: {} ({} parameters) on {} ({train_rows} train / {test_rows} test rows), \
                      batch {batch}, {steps_per_epoch} steps per epoch, {} epochs{}",

@@ -235,6 +235,11 @@ pub enum RunEvent<'a> {
         test_rows: usize,
         /// The model.
         model: &'a Mlp,
+        /// The script's compiler warnings, rendered (`file:line:col`, caret), if any.
+        warnings: Option<&'a crate::Report>,
+        /// Warnings of binding the script to the model (a glob matching no
+        /// parameter, …).
+        binding_warnings: &'a [String],
     },
     /// A step is done (worker 0's view).
     Step {
@@ -397,6 +402,7 @@ struct Plan<'a> {
     out: Option<&'a OutDir>,
     resume: bool,
     interrupt: &'a AtomicBool,
+    warnings: Option<crate::Report>,
     /// The step count at which every worker stops (agreed through `fetch_min`).
     stop_at: AtomicU64,
 }
@@ -515,6 +521,7 @@ pub fn run(
         out: out.as_ref(),
         resume: options.resume,
         interrupt,
+        warnings: script.warnings(),
         stop_at: AtomicU64::new(options.stop_after.unwrap_or(u64::MAX)),
     };
     let (history, start_step) = run_workers(&plan, observer)?;
@@ -902,6 +909,8 @@ impl<'a> Worker<'a> {
                 train_rows: plan.split.train.len(),
                 test_rows: plan.split.test.len(),
                 model: plan.mlp,
+                warnings: plan.warnings.as_ref(),
+                binding_warnings: &self.stepper.binding().warnings,
             });
         }
         let mut order: Vec<usize> = Vec::new();

@@ -82,24 +82,8 @@ pub fn chart_size(scalars: usize) -> (u32, u32) {
 
 /// Draw `trace` into the file `path`, as SVG or PNG depending on its extension.
 pub fn plot_to_file(trace: &Trace, title: &str, path: &Path) -> Result<(), PlotError> {
-    let format = ImageFormat::from_path(path)
-        .ok_or_else(|| PlotError::UnknownFormat(path.display().to_string()))?;
-    let size = chart_size(trace.columns.len());
-    let target = path.display().to_string();
-    match format {
-        ImageFormat::Svg => draw(
-            SVGBackend::new(path, size).into_drawing_area(),
-            trace,
-            title,
-            &target,
-        ),
-        ImageFormat::Png => draw(
-            BitMapBackend::new(path, size).into_drawing_area(),
-            trace,
-            title,
-            &target,
-        ),
-    }
+    check_trace(trace)?;
+    panels_to_file(&trace_panels(trace), title, "step", path)
 }
 
 /// Draw `trace` as an SVG document held in memory.
@@ -197,13 +181,19 @@ fn draw<DB: DrawingBackend>(
     title: &str,
     target: &str,
 ) -> Result<(), PlotError> {
+    check_trace(trace)?;
+    draw_panels(root, &trace_panels(trace), title, "step", target)
+}
+
+/// A trace without columns or records has nothing to draw.
+fn check_trace(trace: &Trace) -> Result<(), PlotError> {
     if trace.columns.is_empty() {
         return Err(PlotError::Empty("scalar"));
     }
     if trace.records.is_empty() {
         return Err(PlotError::Empty("step"));
     }
-    draw_panels(root, &trace_panels(trace), title, "step", target)
+    Ok(())
 }
 
 fn draw_panels<DB: DrawingBackend>(

@@ -33,6 +33,10 @@ pub struct TrainArgs {
     /// every batch; gradients are exchanged (compressed as the script says).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=train::MAX_WORKERS as u64))]
     workers: u64,
+    /// Rows per micro-batch: each worker accumulates its shard's gradient over
+    /// pieces of at most this many rows [default: the whole shard at once].
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+    micro_batch: Option<u64>,
 }
 
 impl TrainArgs {
@@ -43,6 +47,7 @@ impl TrainArgs {
             epochs: self.epochs,
             seed,
             workers: usize::try_from(self.workers).unwrap_or(1),
+            micro_batch: self.micro_batch.and_then(|m| usize::try_from(m).ok()),
             batch: self.batch_size.and_then(|b| usize::try_from(b).ok()),
             ..RunOptions::default()
         }

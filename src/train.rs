@@ -162,6 +162,10 @@ pub struct RunOptions {
     pub seed: u64,
     /// Simulated data-parallel workers, each with its shard of every batch.
     pub workers: usize,
+    /// Rows per micro-batch: each worker computes its shard's gradient in pieces of
+    /// at most this many rows and accumulates them (gradient accumulation); `None`:
+    /// the whole shard at once.
+    pub micro_batch: Option<usize>,
     /// Samples per step (the global batch); `None`: the script's `batch = N`, else
     /// [`DEFAULT_BATCH`].
     pub batch: Option<usize>,
@@ -185,6 +189,7 @@ impl Default for RunOptions {
             epochs: None,
             seed: 0,
             workers: 1,
+            micro_batch: None,
             batch: None,
             out: None,
             resume: false,
@@ -386,6 +391,8 @@ struct RunConfig {
     seed: u64,
     workers: usize,
     batch: u64,
+    #[serde(default)]
+    micro_batch: Option<u64>,
     steps_per_epoch: u64,
 }
 
@@ -399,6 +406,7 @@ struct Plan<'a> {
     total_steps: u64,
     seed: u64,
     workers: usize,
+    micro_batch: Option<usize>,
     out: Option<&'a OutDir>,
     resume: bool,
     interrupt: &'a AtomicBool,
@@ -502,6 +510,7 @@ pub fn run(
         seed: options.seed,
         workers: options.workers,
         batch: batch as u64,
+        micro_batch: options.micro_batch.map(|m| m as u64),
         steps_per_epoch,
     };
     if let Some(out) = &out {
@@ -518,6 +527,7 @@ pub fn run(
         total_steps,
         seed: options.seed,
         workers: options.workers,
+        micro_batch: options.micro_batch,
         out: out.as_ref(),
         resume: options.resume,
         interrupt,
@@ -588,10 +598,9 @@ fn prepare_out(out: &OutDir, config: &RunConfig, resume: bool) -> Result<(), Tra
             return Err(TrainError::Resume {
                 dir: out.dir.clone(),
                 reason: format!(
-                    "it was started with {} on {}, seed {}, {} workers, batch {} ({} steps per epoch); \
-                     this run asks for {} on {}, seed {}, {} workers, batch {} ({} steps per epoch)",
-                    theirs.model, theirs.data, theirs.seed, theirs.workers, theirs.batch, theirs.steps_per_epoch,
-                    config.model, config.data, config.seed, config.workers, config.batch, config.steps_per_epoch
+                    "it was started with {}; this run asks for {}",
+                    describe_config(&theirs),
+                    describe_config(config)
                 ),
             });
         }
@@ -599,6 +608,16 @@ fn prepare_out(out: &OutDir, config: &RunConfig, resume: bool) -> Result<(), Tra
     } else {
         write_atomic(&out.config(), &serde_json_pretty(config))
     }
+}
+
+fn describe_config(c: &RunConfig) -> String {
+    let micro = c
+        .micro_batch
+        .map_or_else(String::new, |m| format!(", micro-batches of {m}"));
+    format!(
+        "{} on {}, seed {}, {} workers, batch {}{micro} ({} steps per epoch)",
+        c.model, c.data, c.seed, c.workers, c.batch, c.steps_per_epoch
+    )
 }
 
 /// Write through a temporary file and a rename, so a reader (or a crash) never sees
@@ -923,6 +942,7 @@ impl<'a> Worker<'a> {
             .iter()
             .map(|s| vec![0.0; s.numel()])
             .collect();
+        let mut micro_grads = grads.clone();
         let mut step = start_step;
         while step < plan.total_steps {
             // Every worker stops at the same step: whoever sees the interrupt first
@@ -945,14 +965,8 @@ impl<'a> Worker<'a> {
             labels.clear();
             plan.split.train.gather(&order[rows], &mut x, &mut labels);
             let master = self.params.to_f32();
-            let loss = if labels.is_empty() {
-                grads.iter_mut().for_each(|g| g.fill(0.0));
-                f64::NAN
-            } else {
-                plan.mlp
-                    .loss_and_grad(&master, &x, &labels, &mut grads)
-                    .map_err(TrainError::from)?
-            };
+            let loss =
+                self.shard_loss_and_grad(&master, &x, &labels, &mut grads, &mut micro_grads)?;
             // The workers' mean gradient is the batch's mean gradient: each shard's
             // mean is weighted by W·|shard|/|batch| (1 for equal shards).
             let weight = (plan.workers * labels.len()) as f32 / batch_len as f32;
@@ -995,6 +1009,47 @@ impl<'a> Worker<'a> {
             }
         }
         Ok((self.rank == 0).then_some((history, start_step)))
+    }
+
+    /// Mean loss and gradient of this worker's shard, in micro-batches of at most
+    /// `plan.micro_batch` rows whose gradients are accumulated (weighted by their
+    /// share of the shard), as gradient accumulation does. An empty shard (a last
+    /// batch smaller than the number of workers) contributes zeros and a NaN loss.
+    fn shard_loss_and_grad(
+        &self,
+        params: &[Vec<f32>],
+        x: &[f32],
+        labels: &[u32],
+        grads: &mut [Vec<f32>],
+        micro_grads: &mut [Vec<f32>],
+    ) -> Result<f64, Error> {
+        let mlp = self.plan.mlp;
+        let rows = labels.len();
+        let micro = self.plan.micro_batch.unwrap_or(rows).max(1);
+        if rows == 0 {
+            grads.iter_mut().for_each(|g| g.fill(0.0));
+            return Ok(f64::NAN);
+        }
+        if micro >= rows {
+            return Ok(mlp
+                .loss_and_grad(params, x, labels, grads)
+                .map_err(TrainError::from)?);
+        }
+        grads.iter_mut().for_each(|g| g.fill(0.0));
+        let mut loss = 0.0;
+        for (xs, ys) in x.chunks(micro * mlp.inputs()).zip(labels.chunks(micro)) {
+            let share = ys.len() as f64 / rows as f64;
+            loss += share
+                * mlp
+                    .loss_and_grad(params, xs, ys, micro_grads)
+                    .map_err(TrainError::from)?;
+            for (g, m) in grads.iter_mut().zip(micro_grads.iter()) {
+                for (g, m) in g.iter_mut().zip(m) {
+                    *g += share as f32 * m;
+                }
+            }
+        }
+        Ok(loss)
     }
 
     fn epoch_summary(&self, history: &History, epoch: u64) -> Result<EpochSummary, Error> {
@@ -1264,7 +1319,11 @@ pub fn compare(
             let outcome = run(script, &options, interrupt, &mut |event| {
                 observer(script, seed, event)
             })?;
-            runs.push(outcome);
+            // A run cut short by Ctrl-C would compare an unfinished run with finished
+            // ones: it is left out (the table shows how many seeds each row has).
+            if !outcome.summary.interrupted {
+                runs.push(outcome);
+            }
         }
         results.push(Compared {
             script: script.clone(),

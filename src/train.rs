@@ -1209,10 +1209,15 @@ fn report_trace(trace: &Trace, epochs: &[EpochSummary]) -> Trace {
     let columns = [pick("loss"), pick("lr"), pick("batch"), pick("bytes_sent")];
     let mut next_epoch = epochs.iter().peekable();
     let mut accuracy = f64::NAN;
+    // At most REPORT_MAX_POINTS points a line (and always the last step), so the SVG
+    // of a long run stays small.
+    let every = trace.records.len().div_ceil(REPORT_MAX_POINTS).max(1);
+    let last = trace.records.len().saturating_sub(1);
     let records = trace
         .records
         .iter()
-        .map(|r| {
+        .enumerate()
+        .filter_map(|(i, r)| {
             while let Some(e) = next_epoch.next_if(|e| e.step <= r.step) {
                 accuracy = e.test_accuracy;
             }
@@ -1223,10 +1228,10 @@ fn report_trace(trace: &Trace, epochs: &[EpochSummary]) -> Trace {
                 r.values[columns[2]],
                 r.values[columns[3]],
             ];
-            TraceRecord {
+            (i % every == 0 || i == last).then_some(TraceRecord {
                 step: r.step,
                 values,
-            }
+            })
         })
         .collect();
     Trace {
@@ -1243,6 +1248,9 @@ fn report_trace(trace: &Trace, epochs: &[EpochSummary]) -> Trace {
         records,
     }
 }
+
+/// The most points a line of `report.svg` gets.
+const REPORT_MAX_POINTS: usize = 4000;
 
 /// One script's runs in [`compare`]: one outcome per seed.
 #[derive(Clone, Debug)]

@@ -6,8 +6,9 @@
 //! depth, so a script's globs and `layer_decay` address them as they would a real
 //! model's.
 //!
-//! The arithmetic is f32 through ndarray's matrix products (deterministic for given
-//! shapes); losses are summed in f64.
+//! The arithmetic is f32 through ndarray's matrix products, deterministic for given
+//! shapes on a given machine (matrixmultiply picks its kernel by CPU features, so a
+//! CPU without AVX2/FMA may round differently); losses are summed in f64.
 
 use ndarray::{Array2, ArrayView2, Axis};
 use thiserror::Error;

@@ -4,166 +4,50 @@
 //! cargo run --release --example train_mlp [-- SCRIPT]
 //! ```
 //!
-//! The model classifies 2-D points of three interleaved spirals: a hidden layer of 64
-//! ReLU units, an RMSNorm with a learned gain, and a linear output layer with softmax
-//! cross-entropy. Forward and backward passes are written out by hand on `Vec<f32>`;
-//! everything about *how* the weights move — optimizer, learning-rate schedule,
+//! The model classifies 2-D points of three interleaved spirals: the library's
+//! [`Mlp`] with two hidden layers of 64 ReLU units and softmax cross-entropy
+//! (`regimen run` trains the same model family on real data). The loop is written
+//! out here — minibatches, forward and backward, loss scaling, `Stepper::step` — to
+//! show the stepper API a training loop of your own would use; everything about
+//! *how* the weights move — optimizer, learning-rate schedule,
 //! weight-decay exclusions, layer-wise lr decay, precision — comes from the script
 //! (default `examples/mlp_adamw.regimen`).
 
 use std::process::ExitCode;
 
+use regimen::core::data::Dataset;
+use regimen::core::nn::{Activation, Mlp};
 use regimen::core::problem::SplitMix64;
-use regimen::{CompileOptions, HostTensor, HostTensorMut, Metrics, ParamSpec, Script};
+use regimen::{CompileOptions, HostTensor, HostTensorMut, Metrics, Script};
 
 const CLASSES: usize = 3;
 const POINTS_PER_CLASS: usize = 200;
 const HIDDEN: usize = 64;
 const BATCH: usize = 60;
-const RMS_EPS: f32 = 1e-6;
 const SEED: u64 = 2024;
-
-/// Indices into the parameter list.
-const W0: usize = 0;
-const B0: usize = 1;
-const GAIN: usize = 2;
-const W1: usize = 3;
-const B1: usize = 4;
-
-fn param_specs() -> Vec<ParamSpec> {
-    // PyTorch naming, so that the script's globs read like a real model's.
-    vec![
-        ParamSpec::new("layers.0.weight", &[HIDDEN, 2]).with_depth(0),
-        ParamSpec::new("layers.0.bias", &[HIDDEN]).with_depth(0),
-        ParamSpec::new("norm.weight", &[HIDDEN]).with_depth(1),
-        ParamSpec::new("layers.1.weight", &[CLASSES, HIDDEN]).with_depth(1),
-        ParamSpec::new("layers.1.bias", &[CLASSES]).with_depth(1),
-    ]
-}
 
 /// Three spiral arms (the CS231n data set): class `c`'s point `i` sits at radius
 /// `r = i / n` and angle `4c + 4r` plus Gaussian-ish noise.
-fn spirals(rng: &mut SplitMix64) -> Vec<([f32; 2], usize)> {
-    let mut data = Vec::with_capacity(CLASSES * POINTS_PER_CLASS);
+fn spirals(rng: &mut SplitMix64) -> Dataset {
+    let mut x = Vec::with_capacity(2 * CLASSES * POINTS_PER_CLASS);
+    let mut labels = Vec::with_capacity(CLASSES * POINTS_PER_CLASS);
     for class in 0..CLASSES {
         for i in 0..POINTS_PER_CLASS {
             let r = i as f64 / POINTS_PER_CLASS as f64;
             let angle = 4.0 * class as f64 + 4.0 * r + 0.2 * rng.normal();
-            data.push(([(r * angle.sin()) as f32, (r * angle.cos()) as f32], class));
+            x.extend([(r * angle.sin()) as f32, (r * angle.cos()) as f32]);
+            labels.push(class as u32);
         }
     }
-    data
-}
-
-/// Uniform in ±1/√fan_in (PyTorch's `nn.Linear` default); gain 1.
-fn init(specs: &[ParamSpec], rng: &mut SplitMix64) -> Vec<Vec<f32>> {
-    specs
-        .iter()
-        .enumerate()
-        .map(|(index, spec)| match index {
-            GAIN => vec![1.0; spec.numel()],
-            _ => {
-                let fan_in = if index <= B0 { 2.0 } else { HIDDEN as f64 };
-                let bound = 1.0 / f64::sqrt(fan_in);
-                (0..spec.numel())
-                    .map(|_| (bound * rng.symmetric()) as f32)
-                    .collect()
-            }
-        })
-        .collect()
-}
-
-/// The activations of one sample that the backward pass needs.
-struct Forward {
-    pre: [f32; HIDDEN],
-    normed: [f32; HIDDEN],
-    rms: f32,
-    probs: [f32; CLASSES],
-}
-
-fn forward(p: &[Vec<f32>], x: &[f32; 2]) -> Forward {
-    let mut pre = [0.0; HIDDEN];
-    for (j, pre) in pre.iter_mut().enumerate() {
-        *pre = p[B0][j] + p[W0][2 * j] * x[0] + p[W0][2 * j + 1] * x[1];
-    }
-    let hidden = pre.map(|v| v.max(0.0));
-    let rms = (hidden.iter().map(|h| h * h).sum::<f32>() / HIDDEN as f32 + RMS_EPS).sqrt();
-    let normed = hidden.map(|h| h / rms);
-    let mut logits = [0.0f32; CLASSES];
-    for (k, logit) in logits.iter_mut().enumerate() {
-        let row = &p[W1][k * HIDDEN..][..HIDDEN];
-        *logit = p[B1][k]
-            + (0..HIDDEN)
-                .map(|j| row[j] * p[GAIN][j] * normed[j])
-                .sum::<f32>();
-    }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps = logits.map(|l| (l - max).exp());
-    let total: f32 = exps.iter().sum();
-    Forward {
-        pre,
-        normed,
-        rms,
-        probs: exps.map(|e| e / total),
+    Dataset {
+        features: 2,
+        classes: CLASSES,
+        x,
+        labels,
     }
 }
 
-/// Mean cross-entropy over `batch`, its gradient accumulated into `grads` (zeroed here).
-fn loss_and_grad(
-    p: &[Vec<f32>],
-    data: &[([f32; 2], usize)],
-    batch: &[usize],
-    grads: &mut [Vec<f32>],
-) -> f64 {
-    grads.iter_mut().for_each(|g| g.fill(0.0));
-    let scale = 1.0 / batch.len() as f32;
-    let mut loss = 0.0f64;
-    for &i in batch {
-        let (x, label) = &data[i];
-        let f = forward(p, x);
-        loss -= f64::from(f.probs[*label].max(1e-12)).ln();
-        // d loss / d logits = softmax − one-hot.
-        let mut d_logits = f.probs;
-        d_logits[*label] -= 1.0;
-        let mut d_normed = [0.0f32; HIDDEN];
-        for (k, &d) in d_logits.iter().enumerate() {
-            let d = d * scale;
-            grads[B1][k] += d;
-            for j in 0..HIDDEN {
-                grads[W1][k * HIDDEN + j] += d * p[GAIN][j] * f.normed[j];
-                grads[GAIN][j] += d * p[W1][k * HIDDEN + j] * f.normed[j];
-                d_normed[j] += d * p[W1][k * HIDDEN + j] * p[GAIN][j];
-            }
-        }
-        // RMSNorm: dh = (dn − n·mean(dn ⊙ n)) / rms; then ReLU passes where pre > 0.
-        let mean_dot = (0..HIDDEN).map(|j| d_normed[j] * f.normed[j]).sum::<f32>() / HIDDEN as f32;
-        for j in 0..HIDDEN {
-            if f.pre[j] > 0.0 {
-                let d_pre = (d_normed[j] - f.normed[j] * mean_dot) / f.rms;
-                grads[B0][j] += d_pre;
-                grads[W0][2 * j] += d_pre * x[0];
-                grads[W0][2 * j + 1] += d_pre * x[1];
-            }
-        }
-    }
-    loss / batch.len() as f64
-}
-
-fn accuracy(p: &[Vec<f32>], data: &[([f32; 2], usize)]) -> f64 {
-    let correct = data
-        .iter()
-        .filter(|(x, label)| {
-            let probs = forward(p, x).probs;
-            let best = (0..CLASSES)
-                .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
-                .unwrap_or(0);
-            best == *label
-        })
-        .count();
-    correct as f64 / data.len() as f64
-}
-
-fn run(script_path: &str) -> Result<(), regimen::Error> {
+fn run(script_path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = SplitMix64::new(SEED);
     let train = spirals(&mut rng);
     let test = spirals(&mut rng);
@@ -181,8 +65,9 @@ fn run(script_path: &str) -> Result<(), regimen::Error> {
     let steps = script.compiled().horizon_steps().unwrap_or(400);
     let epochs = steps.div_ceil(steps_per_epoch as u64);
 
-    let specs = param_specs();
-    let mut params = init(&specs, &mut rng);
+    let mlp = Mlp::new(&[2, HIDDEN, HIDDEN, CLASSES], Activation::Relu)?;
+    let specs = mlp.param_specs();
+    let mut params = mlp.init(SEED);
     let mut grads: Vec<Vec<f32>> = specs.iter().map(|s| vec![0.0; s.numel()]).collect();
     let initial: Vec<HostTensor> = params.iter().map(|p| HostTensor::F32(p)).collect();
     let mut stepper = script.bind(&specs, &initial)?;
@@ -199,11 +84,15 @@ fn run(script_path: &str) -> Result<(), regimen::Error> {
     'training: for epoch in 0..epochs {
         rng.shuffle(&mut order);
         let (mut loss_sum, mut batches, mut skipped, mut lr) = (0.0, 0, 0, 0.0);
+        let (mut x, mut labels) = (Vec::new(), Vec::new());
         for batch in order.chunks(BATCH) {
             if step == steps {
                 break 'training;
             }
-            let loss = loss_and_grad(&params, &train, batch, &mut grads);
+            x.clear();
+            labels.clear();
+            train.gather(batch, &mut x, &mut labels);
+            let loss = mlp.loss_and_grad(&params, &x, &labels, &mut grads)?;
             // Scaling the loss scales its gradient: 1 unless the script asks for
             // loss scaling.
             let loss_scale = stepper.loss_scale() as f32;
@@ -231,8 +120,8 @@ fn run(script_path: &str) -> Result<(), regimen::Error> {
     }
     println!(
         "\nfinal accuracy: train {:.1}%, test {:.1}% ({} updates)",
-        100.0 * accuracy(&params, &train),
-        100.0 * accuracy(&params, &test),
+        100.0 * mlp.evaluate(&params, &train.x, &train.labels)?.accuracy,
+        100.0 * mlp.evaluate(&params, &test.x, &test.labels)?.accuracy,
         stepper.updates()
     );
     Ok(())
@@ -245,12 +134,12 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| default.to_string());
     match run(&script) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(regimen::Error::Compile(report)) => {
-            eprint!("{report}");
-            ExitCode::FAILURE
-        }
         Err(error) => {
-            eprintln!("error: {}", error.to_string_with_causes());
+            match error.downcast_ref::<regimen::Error>() {
+                Some(regimen::Error::Compile(report)) => eprint!("{report}"),
+                Some(error) => eprintln!("error: {}", error.to_string_with_causes()),
+                None => eprintln!("error: {error}"),
+            }
             ExitCode::FAILURE
         }
     }

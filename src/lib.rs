@@ -66,6 +66,7 @@ use std::path::{Path, PathBuf};
 
 pub mod output;
 pub mod plot;
+pub mod train;
 
 pub use regimen_core as core;
 pub use regimen_dsl as dsl;
@@ -127,6 +128,10 @@ pub enum Error {
     /// An unknown built-in problem, or tensors that do not fit one.
     #[error(transparent)]
     Problem(#[from] ProblemError),
+    /// A training run (`regimen run`, `compare`) could not load its data, build its
+    /// model, or read or write its outputs.
+    #[error(transparent)]
+    Train(#[from] train::TrainError),
     /// A simulated worker's thread panicked (a bug, never the user's).
     #[error("internal error: simulated worker {rank} panicked")]
     WorkerPanicked {

@@ -82,24 +82,8 @@ pub fn chart_size(scalars: usize) -> (u32, u32) {
 
 /// Draw `trace` into the file `path`, as SVG or PNG depending on its extension.
 pub fn plot_to_file(trace: &Trace, title: &str, path: &Path) -> Result<(), PlotError> {
-    let format = ImageFormat::from_path(path)
-        .ok_or_else(|| PlotError::UnknownFormat(path.display().to_string()))?;
-    let size = chart_size(trace.columns.len());
-    let target = path.display().to_string();
-    match format {
-        ImageFormat::Svg => draw(
-            SVGBackend::new(path, size).into_drawing_area(),
-            trace,
-            title,
-            &target,
-        ),
-        ImageFormat::Png => draw(
-            BitMapBackend::new(path, size).into_drawing_area(),
-            trace,
-            title,
-            &target,
-        ),
-    }
+    check_trace(trace)?;
+    panels_to_file(&trace_panels(trace), title, "step", path)
 }
 
 /// Draw `trace` as an SVG document held in memory.
@@ -126,16 +110,109 @@ fn register_font() -> Result<(), PlotError> {
     }
 }
 
+/// One panel of a chart: a y axis named `name` and one line per series (label,
+/// points). Non-finite y values break a line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Panel {
+    /// The y axis' name.
+    pub name: String,
+    /// `(label, points)` per line.
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// A trace's columns as panels, one line each, x the step.
+fn trace_panels(trace: &Trace) -> Vec<Panel> {
+    trace
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(index, name)| Panel {
+            name: name.clone(),
+            series: vec![(
+                name.clone(),
+                trace
+                    .records
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.step as f64,
+                            r.values.get(index).copied().unwrap_or(f64::NAN),
+                        )
+                    })
+                    .collect(),
+            )],
+        })
+        .collect()
+}
+
+/// Draw `panels` (stacked, x axis named `x_desc`) into the SVG or PNG file `path`:
+/// the overlay charts of `regimen compare`.
+pub fn panels_to_file(
+    panels: &[Panel],
+    title: &str,
+    x_desc: &str,
+    path: &Path,
+) -> Result<(), PlotError> {
+    let format = ImageFormat::from_path(path)
+        .ok_or_else(|| PlotError::UnknownFormat(path.display().to_string()))?;
+    let size = chart_size(panels.len());
+    let target = path.display().to_string();
+    match format {
+        ImageFormat::Svg => draw_panels(
+            SVGBackend::new(path, size).into_drawing_area(),
+            panels,
+            title,
+            x_desc,
+            &target,
+        ),
+        ImageFormat::Png => draw_panels(
+            BitMapBackend::new(path, size).into_drawing_area(),
+            panels,
+            title,
+            x_desc,
+            &target,
+        ),
+    }
+}
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     trace: &Trace,
     title: &str,
     target: &str,
 ) -> Result<(), PlotError> {
+    check_trace(trace)?;
+    draw_panels(root, &trace_panels(trace), title, "step", target)
+}
+
+/// A trace without columns or records has nothing to draw.
+fn check_trace(trace: &Trace) -> Result<(), PlotError> {
     if trace.columns.is_empty() {
         return Err(PlotError::Empty("scalar"));
     }
     if trace.records.is_empty() {
+        return Err(PlotError::Empty("step"));
+    }
+    Ok(())
+}
+
+fn draw_panels<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    panels: &[Panel],
+    title: &str,
+    x_desc: &str,
+    target: &str,
+) -> Result<(), PlotError> {
+    if panels.is_empty() {
+        return Err(PlotError::Empty("scalar"));
+    }
+    let all_x = || {
+        panels
+            .iter()
+            .flat_map(|p| &p.series)
+            .flat_map(|s| s.1.iter().map(|p| p.0))
+    };
+    if all_x().next().is_none() {
         return Err(PlotError::Empty("step"));
     }
     register_font()?;
@@ -147,23 +224,15 @@ fn draw<DB: DrawingBackend>(
     let body = root
         .titled(title, (FONT, 24).into_font().style(FontStyle::Bold))
         .map_err(|e| fail(&e))?;
-    let panels = body.split_evenly((trace.columns.len().min(64), 1));
-    let last_step = trace.records.last().map_or(0, |r| r.step);
-    let x_max = (last_step as f64).max(1.0);
+    let areas = body.split_evenly((panels.len().min(64), 1));
+    let x_max = all_x().fold(0.0f64, f64::max).max(1.0);
+    // A one-line panel takes its colour from its position, so stacked scalars
+    // differ; lines overlaid in one panel take theirs from the line's index.
+    let single = panels.iter().all(|p| p.series.len() <= 1);
 
-    for (index, (area, name)) in panels.iter().zip(&trace.columns).enumerate() {
-        let color = COLORS[index % COLORS.len()];
-        let points: Vec<(f64, f64)> = trace
-            .records
-            .iter()
-            .map(|r| {
-                (
-                    r.step as f64,
-                    r.values.get(index).copied().unwrap_or(f64::NAN),
-                )
-            })
-            .collect();
-        let (y_min, y_max) = y_range(points.iter().map(|p| p.1));
+    for (index, (area, panel)) in areas.iter().zip(panels).enumerate() {
+        let name = &panel.name;
+        let (y_min, y_max) = y_range(panel.series.iter().flat_map(|s| s.1.iter().map(|p| p.1)));
         let y_scale = y_min.abs().max(y_max.abs());
         let mut chart = ChartBuilder::on(area)
             .margin_top(8)
@@ -176,7 +245,7 @@ fn draw<DB: DrawingBackend>(
             .map_err(|e| fail(&e))?;
         chart
             .configure_mesh()
-            .x_desc("step")
+            .x_desc(x_desc)
             .y_desc(name.as_str())
             .axis_desc_style((FONT, 16))
             .label_style((FONT, 13))
@@ -188,26 +257,33 @@ fn draw<DB: DrawingBackend>(
             .bold_line_style(RGBColor(225, 225, 225))
             .draw()
             .map_err(|e| fail(&e))?;
-        // Non-finite values break the line instead of wrecking the axes.
-        let mut labelled = false;
-        for segment in points.split(|p| !p.1.is_finite()).filter(|s| !s.is_empty()) {
-            let series = chart
-                .draw_series(LineSeries::new(
-                    segment.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(|e| fail(&e))?;
-            if !labelled {
-                series.label(name.as_str()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-                labelled = true;
+        let mut any_label = false;
+        let mut all_points = Vec::new();
+        for (series_index, (label, points)) in panel.series.iter().enumerate() {
+            let color = COLORS[if single { index } else { series_index } % COLORS.len()];
+            all_points.extend_from_slice(points);
+            // Non-finite values break the line instead of wrecking the axes.
+            let mut labelled = false;
+            for segment in points.split(|p| !p.1.is_finite()).filter(|s| !s.is_empty()) {
+                let series = chart
+                    .draw_series(LineSeries::new(
+                        segment.iter().copied(),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(|e| fail(&e))?;
+                if !labelled {
+                    series.label(label.as_str()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                    labelled = true;
+                }
             }
+            any_label |= labelled;
         }
-        if labelled {
+        if any_label {
             chart
                 .configure_series_labels()
-                .position(legend_position(&points, (0.0, x_max), (y_min, y_max)))
+                .position(legend_position(&all_points, (0.0, x_max), (y_min, y_max)))
                 .label_font((FONT, 14))
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(160, 160, 160))

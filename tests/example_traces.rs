@@ -29,6 +29,59 @@ fn cyclic() {
     assert_trace_snapshot!("examples/cyclic.regimen");
 }
 
+// ---- issue 7: the digits scripts of `regimen run` (45 steps per epoch, 30 epochs):
+// one record per epoch shows each schedule's value at the epoch boundaries.
+
+#[test]
+fn digits() {
+    assert_trace_snapshot!("examples/digits.regimen", every = 45);
+}
+
+#[test]
+fn digits_cosine() {
+    assert_trace_snapshot!("examples/digits_cosine.regimen", every = 45);
+}
+
+#[test]
+fn digits_exponential() {
+    assert_trace_snapshot!("examples/digits_exponential.regimen", every = 45);
+}
+
+#[test]
+fn digits_f16() {
+    assert_trace_snapshot!("examples/digits_f16.regimen", every = 45);
+}
+
+#[test]
+fn digits_inverse_time() {
+    assert_trace_snapshot!("examples/digits_inverse_time.regimen", every = 45);
+}
+
+#[test]
+fn digits_layerwise() {
+    assert_trace_snapshot!("examples/digits_layerwise.regimen", every = 45);
+}
+
+#[test]
+fn digits_powersgd() {
+    assert_trace_snapshot!("examples/digits_powersgd.regimen", every = 45);
+}
+
+#[test]
+fn digits_qsgd() {
+    assert_trace_snapshot!("examples/digits_qsgd.regimen", every = 45);
+}
+
+#[test]
+fn digits_step() {
+    assert_trace_snapshot!("examples/digits_step.regimen", every = 45);
+}
+
+#[test]
+fn digits_topk_ef() {
+    assert_trace_snapshot!("examples/digits_topk_ef.regimen", every = 45);
+}
+
 #[test]
 fn exponential_decay() {
     // No horizon in the script: the step count comes from the test.

@@ -7,8 +7,10 @@
 pub mod backend;
 pub mod comm;
 pub mod compress;
+pub mod data;
 pub mod graph;
 pub mod loader;
+pub mod nn;
 /// The argument vocabulary shared with plugins (the `regimen-plugin` SDK).
 pub use regimen_plugin as plugin;
 pub mod problem;

@@ -704,16 +704,22 @@ fn logistic(
     loss / count
 }
 
-/// Host buffers in one precision.
+/// A training loop's host tensors (parameters or gradients) in one precision: what
+/// a mixed-precision model holds, handed to [`Stepper::step`] through
+/// [`Buffers::views`] and [`Buffers::views_mut`].
 #[derive(Clone, Debug)]
-enum Buffers {
+pub enum Buffers {
+    /// f32 tensors.
     F32(Vec<Vec<f32>>),
+    /// f16 tensors.
     F16(Vec<Vec<f16>>),
+    /// bf16 tensors.
     BF16(Vec<Vec<bf16>>),
 }
 
 impl Buffers {
-    fn from_f32(dtype: DType, values: &[Vec<f32>]) -> Self {
+    /// `values` rounded to `dtype`.
+    pub fn from_f32(dtype: DType, values: &[Vec<f32>]) -> Self {
         match dtype {
             DType::F32 => Self::F32(values.to_vec()),
             DType::F16 => Self::F16(
@@ -733,7 +739,7 @@ impl Buffers {
 
     /// Narrow `values · scale` (computed in f32) into these buffers: with f16, products
     /// beyond ±65504 become ±inf, as a scaled backward pass in f16 would produce.
-    fn store_scaled(&mut self, values: &[Vec<f32>], scale: f32) {
+    pub fn store_scaled(&mut self, values: &[Vec<f32>], scale: f32) {
         match self {
             Self::F32(out) => {
                 for (o, v) in out.iter_mut().zip(values) {
@@ -759,7 +765,8 @@ impl Buffers {
         }
     }
 
-    fn to_f32(&self) -> Vec<Vec<f32>> {
+    /// The tensors widened to f32.
+    pub fn to_f32(&self) -> Vec<Vec<f32>> {
         match self {
             Self::F32(v) => v.clone(),
             Self::F16(v) => v
@@ -773,15 +780,30 @@ impl Buffers {
         }
     }
 
-    fn set_infinite(&mut self, tensor: usize) {
+    /// Replace the first element of tensor `tensor` by +inf (an injected overflow);
+    /// nothing happens for a tensor that does not exist or is empty.
+    pub fn set_infinite(&mut self, tensor: usize) {
         match self {
-            Self::F32(v) => v[tensor][0] = f32::INFINITY,
-            Self::F16(v) => v[tensor][0] = f16::INFINITY,
-            Self::BF16(v) => v[tensor][0] = bf16::INFINITY,
+            Self::F32(v) => {
+                if let Some(x) = v.get_mut(tensor).and_then(|t| t.first_mut()) {
+                    *x = f32::INFINITY;
+                }
+            }
+            Self::F16(v) => {
+                if let Some(x) = v.get_mut(tensor).and_then(|t| t.first_mut()) {
+                    *x = f16::INFINITY;
+                }
+            }
+            Self::BF16(v) => {
+                if let Some(x) = v.get_mut(tensor).and_then(|t| t.first_mut()) {
+                    *x = bf16::INFINITY;
+                }
+            }
         }
     }
 
-    fn views(&self) -> Vec<HostTensor<'_>> {
+    /// Borrowed views, as [`Stepper::step`] takes gradients.
+    pub fn views(&self) -> Vec<HostTensor<'_>> {
         match self {
             Self::F32(v) => v.iter().map(|t| HostTensor::F32(t)).collect(),
             Self::F16(v) => v.iter().map(|t| HostTensor::F16(t)).collect(),
@@ -789,7 +811,8 @@ impl Buffers {
         }
     }
 
-    fn views_mut(&mut self) -> Vec<HostTensorMut<'_>> {
+    /// Mutable views, as [`Stepper::step`] takes parameters.
+    pub fn views_mut(&mut self) -> Vec<HostTensorMut<'_>> {
         match self {
             Self::F32(v) => v.iter_mut().map(|t| HostTensorMut::F32(t)).collect(),
             Self::F16(v) => v.iter_mut().map(|t| HostTensorMut::F16(t)).collect(),

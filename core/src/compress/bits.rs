@@ -159,6 +159,53 @@ pub fn pack_fixed<const W: usize>(codes: &[u32], out: &mut [u8]) {
     }
 }
 
+/// One [`BLOCK`] of 64 codes of `W` ≤ 8 bits held one per byte (higher bits ignored),
+/// packed into its `8·W` bytes in the layout of [`pack_codes`]. Where
+/// [`pack_fixed`] joins codes one at a time, this merges neighbouring fields in
+/// place (bytes → 16-bit pairs → 32-bit quads → one `8·W`-bit group per u64), every
+/// step the same masks and shifts on each u64, which the compiler runs on vectors;
+/// the eight groups are then laid end to end in `W` whole words. `out` shorter than
+/// `8·W` bytes gets what fits; a `W` of 0 or above 8 writes nothing.
+#[inline(always)]
+pub fn pack_byte_block<const W: usize>(codes: &[u8; BLOCK], out: &mut [u8]) {
+    if W == 0 || W > 8 {
+        return;
+    }
+    const EVEN_BYTES: u64 = 0x00FF_00FF_00FF_00FF;
+    const EVEN_PAIRS: u64 = 0x0000_FFFF_0000_FFFF;
+    let mask = ((1u64 << W) - 1) * 0x0101_0101_0101_0101;
+    let octets: [[u8; 8]; BLOCK / 8] = pulp::cast(*codes);
+    // A plain loop: `array::map` is an out-of-line call compiled without the
+    // caller's target features.
+    let mut groups = [0u64; BLOCK / 8];
+    for (group, &octet) in groups.iter_mut().zip(&octets) {
+        let x = u64::from_le_bytes(octet) & mask;
+        let x = (x & EVEN_BYTES) | (((x >> 8) & EVEN_BYTES) << W);
+        let x = (x & EVEN_PAIRS) | (((x >> 16) & EVEN_PAIRS) << (2 * W));
+        *group = (x & 0xFFFF_FFFF) | ((x >> 32) << (4 * W));
+    }
+    let mut words = [0u64; 8];
+    for (j, &group) in groups.iter().enumerate() {
+        let bit = j * 8 * W;
+        let (word, offset) = (bit / 64, bit % 64);
+        words[word] |= group << offset;
+        // A group straddles two words only when it does not start on a word.
+        if offset + 8 * W > 64 {
+            words[word + 1] |= group >> (64 - offset);
+        }
+    }
+    if let Some(whole) = out.get_mut(..8 * W) {
+        for (target, word) in whole.chunks_exact_mut(8).zip(&words) {
+            target.copy_from_slice(&word.to_le_bytes());
+        }
+    } else {
+        for (target, word) in out.chunks_mut(8).zip(&words) {
+            let len = target.len();
+            target.copy_from_slice(&word.to_le_bytes()[..len]);
+        }
+    }
+}
+
 /// [`pack_codes`] for 2-bit codes held in bytes (each < 4; higher bits are ignored):
 /// four codes per byte, the same LSB-first layout. `out` should hold
 /// `⌈codes.len()/4⌉` bytes. One multiplication gathers four codes: with code `j` in
@@ -432,7 +479,13 @@ impl ChunkDraws {
     fn fill(&mut self, shift: f32, out: &mut [f32; BLOCK]) {
         let mut words = [[0u64; DRAW_LANES]; BLOCK / (4 * DRAW_LANES)];
         self.fill_words(&mut words);
-        let words = words.map(|round| round.map(u64::to_le));
+        // Plain loops, not `array::map` (an out-of-line call without the caller's
+        // target features).
+        for round in &mut words {
+            for word in round.iter_mut() {
+                *word = word.to_le();
+            }
+        }
         // Draw `4q + j` is bits 16j.. of output `q`: the outputs' 16-bit halves in
         // little-endian order, taken as one cast.
         let halves: [u16; BLOCK] = pulp::cast(words);
@@ -454,7 +507,7 @@ fn step_avx2<const ROUNDS: usize>(
     words: &mut [[u64; DRAW_LANES]; ROUNDS],
 ) -> [[u64; DRAW_LANES]; 4] {
     use pulp::u64x4;
-    let [mut s0, mut s1, mut s2, mut s3] = state.map(pulp::cast::<[u64; 4], u64x4>);
+    let [mut s0, mut s1, mut s2, mut s3]: [u64x4; 4] = pulp::cast(state);
     for round in words.iter_mut() {
         let sum = simd.wrapping_add_u64x4(s0, s3);
         let rotated = simd.or_u64x4(
@@ -473,7 +526,7 @@ fn step_avx2<const ROUNDS: usize>(
             simd.shr_const_u64x4::<19>(s3),
         );
     }
-    [s0, s1, s2, s3].map(pulp::cast::<u64x4, [u64; 4]>)
+    pulp::cast([s0, s1, s2, s3])
 }
 
 /// Lanes of the reductions: independent accumulators that the compiler keeps in
@@ -540,6 +593,18 @@ pub fn par_max_abs(values: &[f32]) -> f32 {
         .par_chunks(CHUNK)
         .map(|chunk| dispatch(arch, MaxAbs(chunk)))
         .reduce(|| 0.0, |a, b| if b > a { b } else { a })
+}
+
+/// Grow `out` by `len` zero bytes, written by all threads when `len` exceeds a
+/// [`CHUNK`]: a payload's body is zeroed before the parallel encoders fill it (safe
+/// Rust has no uninitialised buffers), and one thread alone would spend a good part
+/// of a streaming encoder's time on that memset.
+pub fn extend_zeroed(out: &mut Vec<u8>, len: usize) {
+    if len <= CHUNK {
+        out.resize(out.len() + len, 0);
+    } else {
+        out.par_extend(rayon::iter::repeat_n(0u8, len));
+    }
 }
 
 /// Check that `input.shape` describes `input.data` and append the payload header of
@@ -656,6 +721,40 @@ mod tests {
             let expected: Vec<u64> = lanes.iter_mut().map(StreamRng::next_u64).collect();
             assert_eq!(draws.next_words().to_vec(), expected);
         }
+    }
+
+    fn byte_block_packs_like_pack_fixed<const W: usize>() {
+        let mut rng = StreamRng::new(Stream::Qsgd, &[W as u64]);
+        for _ in 0..20 {
+            let mut codes = [0u8; BLOCK];
+            for code in &mut codes {
+                *code = rng.next_u64() as u8;
+            }
+            let wide: Vec<u32> = codes
+                .iter()
+                .map(|&c| u32::from(c) & ((1 << W) - 1))
+                .collect();
+            let mut expected = vec![0u8; 8 * W];
+            pack_fixed::<W>(&wide, &mut expected);
+            let mut packed = vec![0xAAu8; 8 * W];
+            pack_byte_block::<W>(&codes, &mut packed);
+            assert_eq!(packed, expected, "width {W}");
+            let mut back = vec![0u32; BLOCK];
+            unpack_fixed::<W>(&packed, &mut back);
+            assert_eq!(back, wide, "width {W}");
+        }
+    }
+
+    #[test]
+    fn byte_block_packer_matches_the_reference_layout_for_every_width() {
+        byte_block_packs_like_pack_fixed::<1>();
+        byte_block_packs_like_pack_fixed::<2>();
+        byte_block_packs_like_pack_fixed::<3>();
+        byte_block_packs_like_pack_fixed::<4>();
+        byte_block_packs_like_pack_fixed::<5>();
+        byte_block_packs_like_pack_fixed::<6>();
+        byte_block_packs_like_pack_fixed::<7>();
+        byte_block_packs_like_pack_fixed::<8>();
     }
 
     #[test]

@@ -36,7 +36,7 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
-use super::bits::{write_header, CHUNK};
+use super::bits::{extend_zeroed, write_header, CHUNK};
 use super::{
     Aggregation, CompressError, Compressor, MethodId, PayloadHeader, StepContext, TensorView,
     WireElement, ERROR_FEEDBACK_ARG,
@@ -171,7 +171,7 @@ impl Compressor for Cast {
 
 fn encode_f32(data: &[f32], out: &mut Vec<u8>) {
     let start = out.len();
-    out.resize(start + 4 * data.len(), 0);
+    extend_zeroed(out, 4 * data.len());
     out[start..]
         .par_chunks_mut(4 * CHUNK)
         .zip(data.par_chunks(CHUNK))
@@ -222,7 +222,7 @@ impl Half for bf16 {
 
 fn encode_half<H: Half>(data: &[f32], out: &mut Vec<u8>) {
     let start = out.len();
-    out.resize(start + 2 * data.len(), 0);
+    extend_zeroed(out, 2 * data.len());
     out[start..]
         .par_chunks_mut(2 * CHUNK)
         .zip(data.par_chunks(CHUNK))

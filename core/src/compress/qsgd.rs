@@ -58,8 +58,8 @@ use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
 use super::bits::{
-    dispatch, integer_arg, integer_in_range, max_abs, pack_fixed, packed_len, sum_squares,
-    unpack_fixed, write_header, ChunkDraws, Kernel, BLOCK, CHUNK,
+    dispatch, extend_zeroed, integer_arg, integer_in_range, max_abs, pack_byte_block, pack_fixed,
+    packed_len, sum_squares, unpack_fixed, write_header, ChunkDraws, Kernel, BLOCK, CHUNK,
 };
 use super::rng::Stream;
 use super::{
@@ -267,14 +267,24 @@ fn encode_chunk<const W: usize>(
     let mut scale = [0.0f32; BLOCK];
     let mut offsets = [0.0f32; BLOCK];
     let mut codes = [0u32; BLOCK];
+    let mut byte_codes = [0u8; BLOCK];
     let blocks = values.chunks(BLOCK).zip(out.chunks_mut(BLOCK / 8 * W));
     for (b, (block, target)) in blocks.enumerate() {
         let len = block.len();
         let start = first + b * BLOCK;
         draws.centered_uniforms(&mut offsets);
         let bucket = start / layout.bucket;
-        if bucket == (start + len - 1) / layout.bucket {
-            // The usual case: the block lies in one bucket.
+        let one_bucket = bucket == (start + len - 1) / layout.bucket;
+        if W <= 8 && one_bucket && len == BLOCK {
+            // The usual case: a whole block in one bucket, codes of a byte or less.
+            let m = multipliers.get(bucket).copied().unwrap_or(0.0);
+            for ((code, &v), &offset) in byte_codes.iter_mut().zip(block).zip(&offsets) {
+                *code = quantize(v, m, offset, levels) as u8;
+            }
+            pack_byte_block::<W>(&byte_codes, target);
+            continue;
+        }
+        if one_bucket {
             let m = multipliers.get(bucket).copied().unwrap_or(0.0);
             for ((code, &v), &offset) in codes.iter_mut().zip(block).zip(&offsets) {
                 *code = quantize(v, m, offset, levels);
@@ -447,7 +457,7 @@ impl Compressor for Qsgd {
         out.extend_from_slice(&levels.to_le_bytes());
         out.extend_from_slice(&self.bucket.to_le_bytes());
         let norms_at = out.len();
-        out.resize(norms_at + 4 * buckets + code_bytes, 0);
+        extend_zeroed(out, 4 * buckets + code_bytes);
         let (norm_bytes, code_out) = out[norms_at..].split_at_mut(4 * buckets);
         let layout = Layout {
             bucket,

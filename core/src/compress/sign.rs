@@ -52,7 +52,7 @@
 use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
-use super::bits::{bit_flags, pack_negative, sum_abs, write_header, CHUNK};
+use super::bits::{bit_flags, extend_zeroed, pack_negative, sum_abs, write_header, CHUNK};
 use super::{
     Aggregation, CompressError, Compressor, FeedbackPolicy, MethodId, PayloadHeader, StepContext,
     TensorView, WireError, ERROR_FEEDBACK_ARG,
@@ -112,7 +112,7 @@ pub fn build_onebit(args: &Args) -> Result<Box<dyn Compressor>, ArgError> {
 /// Σ|g| when `with_sum`, summed in chunk order.
 fn append_sign_bits(data: &[f32], out: &mut Vec<u8>, with_sum: bool) -> f64 {
     let start = out.len();
-    out.resize(start + data.len().div_ceil(8), 0);
+    extend_zeroed(out, data.len().div_ceil(8));
     let bits = &mut out[start..];
     let chunk = |(bits, values): (&mut [u8], &[f32])| {
         pack_negative(values, bits);

@@ -42,7 +42,8 @@ use rayon::prelude::*;
 use regimen_plugin::{ArgError, Args};
 
 use super::bits::{
-    dispatch, pack_two_bit_codes, unpack_fixed, write_header, ChunkDraws, Kernel, BLOCK, CHUNK,
+    dispatch, pack_byte_block, pack_two_bit_codes, unpack_fixed, write_header, ChunkDraws, Kernel,
+    BLOCK, CHUNK,
 };
 use super::rng::Stream;
 use super::{
@@ -187,7 +188,11 @@ fn encode_chunk(
             let send = u8::from(u < clipped * inverse);
             *code = send + (send & u8::from(v < 0.0));
         }
-        pack_two_bit_codes(&codes[..block.len()], target);
+        if block.len() == BLOCK {
+            pack_byte_block::<2>(&codes, target);
+        } else {
+            pack_two_bit_codes(&codes[..block.len()], target);
+        }
     }
 }
 

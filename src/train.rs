@@ -1,0 +1,1383 @@
+//! Real training runs under a script: an [`Mlp`] on a bundled or synthetic data set,
+//! trained with data-parallel semantics (the global batch split into shards, one per
+//! simulated worker, gradients exchanged and compressed as the script's `compress`
+//! rules say), evaluated on the held-out split after every epoch, checkpointed, and
+//! resumable bit for bit. [`run`] is what `regimen run` executes; [`compare`] runs
+//! several scripts over several seeds for `regimen compare`.
+//!
+//! # Determinism
+//!
+//! The minibatch order of epoch `e` is a permutation drawn from a generator keyed by
+//! `(seed, e)`, the initial weights come from `seed`, and the stepper keys every
+//! random draw of a compressor by `(seed, step, tensor, rank)`. So the position in
+//! the run (the stepper's step) is all the loop state there is: a checkpoint of the
+//! stepper plus the rows already written to `trace.csv` continue a run exactly as if
+//! it had never stopped.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use regimen_core::data::{DataError, Dataset, Split, TeacherSpec};
+use regimen_core::nn::{Evaluation, Mlp, ModelError};
+use regimen_core::problem::{Buffers, SplitMix64};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Communicator, Error, NdArrayBackend, Script, SingleProcess, StepReport, StepperOptions,
+    ThreadCluster, Trace, TraceRecord,
+};
+
+/// The UCI optical handwritten digits (8×8 images, pixel values 0–16, 1 797 rows;
+/// CC BY 4.0, Alpaydin & Kaynak 1998), as scikit-learn ships them: gzipped CSV,
+/// 64 pixel columns then the label. See `examples/data/README.md`.
+pub const DIGITS_CSV_GZ: &[u8] = include_bytes!("../examples/data/digits.csv.gz");
+
+/// The seed of the digits' fixed train/test split (never the run's seed: every run
+/// is scored on the same test images).
+pub const DIGITS_SPLIT_SEED: u64 = 1998;
+
+/// The fraction of each class held out for testing.
+pub const TEST_FRACTION: f64 = 0.2;
+
+/// Samples per step when neither the script (`batch = N`) nor the caller sets one.
+pub const DEFAULT_BATCH: usize = 64;
+
+/// Random stream of the minibatch order (see [`SplitMix64::keyed`]).
+const ORDER_STREAM: u64 = 31;
+
+/// The most simulated workers a run accepts (one thread each).
+pub const MAX_WORKERS: usize = 256;
+
+/// Why a training run could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A data set could not be loaded.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The model does not fit the data or does not parse.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A setting is out of range or inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// An output file could not be read or written.
+    #[error("cannot {action} `{}`", path.display())]
+    Io {
+        /// `read`, `write`, `create`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--resume` found outputs that do not belong to this run.
+    #[error("cannot resume from `{}`: {reason}", dir.display())]
+    Resume {
+        /// The output directory.
+        dir: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// Drawing the report failed.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+}
+
+/// Which data set to train on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataChoice {
+    /// The bundled UCI digits with the fixed stratified 80/20 split.
+    Digits,
+    /// The synthetic teacher-network task, split 80/20 the same way.
+    Teacher(TeacherSpec),
+}
+
+impl DataChoice {
+    /// `digits`, `teacher` (the [`TeacherSpec`] defaults) or
+    /// `teacher:SAMPLES,FEATURES,CLASSES`.
+    pub fn parse(text: &str) -> Result<Self, TrainError> {
+        let usage = "the data sets are `digits`, `teacher` and `teacher:SAMPLES,FEATURES,CLASSES`";
+        match text.trim().split_once(':') {
+            None if text.trim() == "digits" => Ok(Self::Digits),
+            None if text.trim() == "teacher" => Ok(Self::Teacher(TeacherSpec::default())),
+            Some(("teacher", sizes)) => {
+                let sizes: Vec<usize> = sizes
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| TrainError::Config(format!("bad data `{text}`: {usage}")))?;
+                match sizes.as_slice() {
+                    &[samples, features, classes] => Ok(Self::Teacher(TeacherSpec {
+                        samples,
+                        features,
+                        classes,
+                        ..TeacherSpec::default()
+                    })),
+                    _ => Err(TrainError::Config(format!("bad data `{text}`: {usage}"))),
+                }
+            }
+            _ => Err(TrainError::Config(format!(
+                "unknown data set `{text}`: {usage}"
+            ))),
+        }
+    }
+
+    /// The name written in summaries.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Digits => "digits".to_string(),
+            Self::Teacher(spec) => {
+                format!(
+                    "teacher:{},{},{}",
+                    spec.samples, spec.features, spec.classes
+                )
+            }
+        }
+    }
+
+    /// The train/test split. Digits pixels are scaled from 0–16 to 0–1.
+    pub fn load(&self) -> Result<Split, TrainError> {
+        Ok(match self {
+            Self::Digits => Dataset::from_csv_gz(DIGITS_CSV_GZ, 1.0 / 16.0)?
+                .stratified_split(TEST_FRACTION, DIGITS_SPLIT_SEED)?,
+            Self::Teacher(spec) => {
+                Dataset::teacher(spec)?.stratified_split(TEST_FRACTION, spec.seed)?
+            }
+        })
+    }
+}
+
+/// How [`run`] trains.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunOptions {
+    /// The model; `None`: `mlp:IN,128,CLASSES` for the data.
+    pub model: Option<Mlp>,
+    /// The data set.
+    pub data: DataChoice,
+    /// Epochs to train; `None`: the script's horizon rounded up to whole epochs.
+    pub epochs: Option<u64>,
+    /// Seed of the initial weights, the minibatch order and the compressors.
+    pub seed: u64,
+    /// Simulated data-parallel workers, each with its shard of every batch.
+    pub workers: usize,
+    /// Rows per micro-batch: each worker computes its shard's gradient in pieces of
+    /// at most this many rows and accumulates them (gradient accumulation); `None`:
+    /// the whole shard at once.
+    pub micro_batch: Option<usize>,
+    /// Samples per step (the global batch); `None`: the script's `batch = N`, else
+    /// [`DEFAULT_BATCH`].
+    pub batch: Option<usize>,
+    /// Where `trace.csv`, `epochs.csv`, `summary.json`, `report.svg` and the
+    /// checkpoints go; `None` writes nothing.
+    pub out: Option<PathBuf>,
+    /// Continue from the checkpoint in `out`.
+    pub resume: bool,
+    /// Stop (cleanly, after a checkpoint) once this many steps are done in total: what
+    /// Ctrl-C does, made reproducible for tests.
+    pub stop_after: Option<u64>,
+}
+
+impl Default for RunOptions {
+    /// Digits, default model, the script's horizon and batch, seed 0, one worker, no
+    /// outputs.
+    fn default() -> Self {
+        Self {
+            model: None,
+            data: DataChoice::Digits,
+            epochs: None,
+            seed: 0,
+            workers: 1,
+            micro_batch: None,
+            batch: None,
+            out: None,
+            resume: false,
+            stop_after: None,
+        }
+    }
+}
+
+/// One finished epoch.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EpochSummary {
+    /// Epoch number, from 1.
+    pub epoch: u64,
+    /// The last step of the epoch (0-based).
+    pub step: u64,
+    /// Mean minibatch loss over the epoch's steps (worker 0's shards).
+    pub train_loss: f64,
+    /// Loss on the test split after the epoch.
+    pub test_loss: f64,
+    /// Accuracy on the test split after the epoch.
+    pub test_accuracy: f64,
+    /// The lr of the epoch's last step.
+    pub lr: f64,
+    /// Samples per step (the last step of an epoch may have fewer).
+    pub batch: u64,
+    /// Gradient bytes worker 0 sent during the epoch (payloads as encoded).
+    pub bytes_sent: u64,
+    /// Steps skipped for non-finite gradients.
+    pub skipped: u64,
+}
+
+/// What [`run`] reports to its observer while it trains.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// Training starts (or resumes) at `start_step` of `total_steps`.
+    Started {
+        /// The first step this call runs.
+        start_step: u64,
+        /// Steps of the whole run.
+        total_steps: u64,
+        /// Steps per epoch.
+        steps_per_epoch: u64,
+        /// Samples per step.
+        batch: u64,
+        /// Training rows.
+        train_rows: usize,
+        /// Test rows.
+        test_rows: usize,
+        /// The model.
+        model: &'a Mlp,
+        /// The script's compiler warnings, rendered (`file:line:col`, caret), if any.
+        warnings: Option<&'a crate::Report>,
+        /// Warnings of binding the script to the model (a glob matching no
+        /// parameter, …).
+        binding_warnings: &'a [String],
+    },
+    /// A step is done (worker 0's view).
+    Step {
+        /// The step (0-based).
+        step: u64,
+        /// Its minibatch loss.
+        loss: f64,
+        /// Its lr.
+        lr: f64,
+        /// Samples per step.
+        batch: u64,
+    },
+    /// An epoch is done and evaluated.
+    Epoch(&'a EpochSummary),
+}
+
+/// The end of a run, as `summary.json` records it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// The script's path.
+    pub script: String,
+    /// The model description.
+    pub model: String,
+    /// Parameters (elements).
+    pub parameters: usize,
+    /// The data set.
+    pub data: String,
+    /// Training and test rows.
+    pub train_rows: usize,
+    /// Test rows.
+    pub test_rows: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Simulated workers.
+    pub workers: usize,
+    /// Samples per step.
+    pub batch: u64,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// Epochs of the run.
+    pub epochs: u64,
+    /// Steps done (all sessions).
+    pub steps_done: u64,
+    /// Steps of the whole run.
+    pub total_steps: u64,
+    /// Whether the run stopped before its end (Ctrl-C); `--resume` continues it.
+    pub interrupted: bool,
+    /// The step this session started at (0 unless resumed).
+    pub resumed_at_step: u64,
+    /// Test accuracy after the last finished epoch (NaN before the first).
+    pub final_test_accuracy: f64,
+    /// Test loss after the last finished epoch.
+    pub final_test_loss: f64,
+    /// The best test accuracy after any epoch.
+    pub best_test_accuracy: f64,
+    /// Mean minibatch loss of the last finished epoch.
+    pub final_train_loss: f64,
+    /// Gradient bytes worker 0 sent (encoded payloads; dense f32 where nothing is
+    /// compressed).
+    pub bytes_sent: u64,
+    /// What the same steps would have sent as dense f32 gradients.
+    pub bytes_dense: u64,
+    /// `bytes_dense / bytes_sent`.
+    pub compression_ratio: f64,
+    /// Bytes worker 0's communicator moved (0 with one worker).
+    pub wire_bytes_sent: u64,
+    /// Skipped steps.
+    pub skipped_steps: u64,
+    /// Wall time of this session, seconds.
+    pub seconds: f64,
+}
+
+/// A finished (or stopped) run: the summary, the per-step trace, the epochs.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// As in `summary.json`.
+    pub summary: RunSummary,
+    /// One record per step (as in `trace.csv`).
+    pub trace: Trace,
+    /// One record per epoch (as in `epochs.csv`).
+    pub epochs: Vec<EpochSummary>,
+}
+
+/// Columns of `trace.csv` after `step`.
+pub const TRACE_COLUMNS: [&str; 11] = [
+    "epoch",
+    "lr",
+    "batch",
+    "loss",
+    "loss_scale",
+    "skipped",
+    "grad_norm",
+    "update_norm",
+    "bytes_sent",
+    "bytes_dense",
+    "wire_bytes_sent",
+];
+
+/// Columns of `epochs.csv` after `step`.
+pub const EPOCH_COLUMNS: [&str; 8] = [
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "lr",
+    "batch",
+    "bytes_sent",
+    "skipped",
+];
+
+/// Where a run keeps what it writes.
+struct OutDir {
+    dir: PathBuf,
+}
+
+impl OutDir {
+    fn trace(&self) -> PathBuf {
+        self.dir.join("trace.csv")
+    }
+    fn epochs(&self) -> PathBuf {
+        self.dir.join("epochs.csv")
+    }
+    fn summary(&self) -> PathBuf {
+        self.dir.join("summary.json")
+    }
+    fn report(&self) -> PathBuf {
+        self.dir.join("report.svg")
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.join("run.json")
+    }
+    fn checkpoint(&self, rank: usize) -> PathBuf {
+        self.dir
+            .join("checkpoints")
+            .join(format!("rank{rank}.ckpt"))
+    }
+}
+
+/// What must be the same for `--resume` to continue a run (`run.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct RunConfig {
+    model: String,
+    data: String,
+    seed: u64,
+    workers: usize,
+    batch: u64,
+    #[serde(default)]
+    micro_batch: Option<u64>,
+    steps_per_epoch: u64,
+}
+
+/// Everything the workers share.
+struct Plan<'a> {
+    script: &'a Script,
+    mlp: &'a Mlp,
+    split: &'a Split,
+    batch: usize,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    seed: u64,
+    workers: usize,
+    micro_batch: Option<usize>,
+    out: Option<&'a OutDir>,
+    resume: bool,
+    interrupt: &'a AtomicBool,
+    warnings: Option<crate::Report>,
+    /// The step count at which every worker stops (agreed through `fetch_min`).
+    stop_at: AtomicU64,
+}
+
+/// Compile `script_path` for the data's epoch length and train as `options` say.
+/// `interrupt` is polled after every step (Ctrl-C sets it): the run then stops after
+/// one more step at most (so that all workers stop at the same one), writes a
+/// checkpoint and its outputs, and returns with [`RunSummary::interrupted`] set.
+pub fn run(
+    script_path: &Path,
+    options: &RunOptions,
+    interrupt: &AtomicBool,
+    observer: &mut dyn FnMut(RunEvent<'_>),
+) -> Result<RunOutcome, Error> {
+    let started = Instant::now();
+    let split = options.data.load()?;
+    let mlp = match &options.model {
+        Some(mlp) => mlp.clone(),
+        None => Mlp::new(
+            &[split.train.features, 128, split.train.classes],
+            regimen_core::nn::Activation::Relu,
+        )
+        .map_err(TrainError::from)?,
+    };
+    if mlp.inputs() != split.train.features || mlp.classes() < split.train.classes {
+        return Err(TrainError::Config(format!(
+            "the model {} takes {} inputs and {} classes, but `{}` has {} features and {} classes",
+            mlp.describe(),
+            mlp.inputs(),
+            mlp.classes(),
+            options.data.describe(),
+            split.train.features,
+            split.train.classes
+        ))
+        .into());
+    }
+    if !(1..=MAX_WORKERS).contains(&options.workers) {
+        return Err(TrainError::Config(format!("workers must be 1 to {MAX_WORKERS}")).into());
+    }
+    // The batch can come from the script, and the epoch length from the batch: read
+    // the script's own batch first (its epoch length does not matter for that).
+    let script_batch = Script::from_file_with(
+        script_path,
+        &crate::CompileOptions {
+            steps_per_epoch: Some(1.0),
+            batch_size: None,
+        },
+    )
+    .ok()
+    .and_then(|s| s.compiled().batch_size);
+    let batch = match options.batch {
+        Some(batch) => batch as f64,
+        None => script_batch.unwrap_or(DEFAULT_BATCH as f64),
+    };
+    if !(batch >= 1.0 && batch.fract() == 0.0 && batch <= split.train.len() as f64) {
+        return Err(TrainError::Config(format!(
+            "the batch size must be a whole number of samples from 1 to the {} training rows, got {batch}",
+            split.train.len()
+        ))
+        .into());
+    }
+    let batch = batch as usize;
+    if batch < options.workers {
+        return Err(TrainError::Config(format!(
+            "a batch of {batch} cannot be split between {} workers",
+            options.workers
+        ))
+        .into());
+    }
+    let steps_per_epoch = split.train.len().div_ceil(batch) as u64;
+    let script = Script::from_file_with(
+        script_path,
+        &crate::CompileOptions {
+            steps_per_epoch: Some(steps_per_epoch as f64),
+            batch_size: Some(batch as f64),
+        },
+    )?;
+    let epochs = match options.epochs {
+        Some(0) => return Err(TrainError::Config("--epochs must be at least 1".into()).into()),
+        Some(epochs) => epochs,
+        None => match script.compiled().horizon_steps() {
+            Some(steps) if steps > 0 => steps.div_ceil(steps_per_epoch),
+            _ => {
+                return Err(TrainError::Config(format!(
+                    "`{}` sets no horizon: pass `--epochs N` (or add e.g. `horizon 20 epochs`)",
+                    script.name()
+                ))
+                .into())
+            }
+        },
+    };
+    let total_steps = epochs.saturating_mul(steps_per_epoch);
+    let out = options.out.as_ref().map(|dir| OutDir { dir: dir.clone() });
+    let config = RunConfig {
+        model: mlp.describe(),
+        data: options.data.describe(),
+        seed: options.seed,
+        workers: options.workers,
+        batch: batch as u64,
+        micro_batch: options.micro_batch.map(|m| m as u64),
+        steps_per_epoch,
+    };
+    if let Some(out) = &out {
+        prepare_out(out, &config, options.resume)?;
+    } else if options.resume {
+        return Err(TrainError::Config("--resume needs the run's output directory".into()).into());
+    }
+    let plan = Plan {
+        script: &script,
+        mlp: &mlp,
+        split: &split,
+        batch,
+        steps_per_epoch,
+        total_steps,
+        seed: options.seed,
+        workers: options.workers,
+        micro_batch: options.micro_batch,
+        out: out.as_ref(),
+        resume: options.resume,
+        interrupt,
+        warnings: script.warnings(),
+        stop_at: AtomicU64::new(options.stop_after.unwrap_or(u64::MAX)),
+    };
+    let (history, start_step) = run_workers(&plan, observer)?;
+    let History {
+        trace,
+        epochs: epoch_rows,
+    } = history;
+    let summary = summarize(
+        &plan,
+        &options.data,
+        &trace,
+        &epoch_rows,
+        epochs,
+        start_step,
+        started,
+    );
+    if let Some(out) = &out {
+        write_atomic(&out.summary(), &serde_json_pretty(&summary))?;
+        let title = format!(
+            "{} · {} on {} · seed {}",
+            script.name(),
+            mlp.describe(),
+            options.data.describe(),
+            options.seed
+        );
+        if !trace.records.is_empty() {
+            crate::plot::plot_to_file(&report_trace(&trace, &epoch_rows), &title, &out.report())
+                .map_err(TrainError::from)?;
+        }
+    }
+    Ok(RunOutcome {
+        summary,
+        trace,
+        epochs: epoch_rows,
+    })
+}
+
+fn serde_json_pretty(value: &impl Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".to_string());
+    text.push('\n');
+    text
+}
+
+/// Create the output directory (a fresh run must not overwrite an old run's
+/// checkpoint by accident: it replaces its files; a resumed run must match it).
+fn prepare_out(out: &OutDir, config: &RunConfig, resume: bool) -> Result<(), TrainError> {
+    let checkpoints = out.checkpoint(0);
+    let parent = checkpoints.parent().unwrap_or(&out.dir);
+    std::fs::create_dir_all(parent).map_err(|source| TrainError::Io {
+        action: "create",
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    if resume {
+        let text = std::fs::read_to_string(out.config()).map_err(|_| TrainError::Resume {
+            dir: out.dir.clone(),
+            reason: "it holds no `run.json` (no run was started there)".into(),
+        })?;
+        let theirs: RunConfig = serde_json::from_str(&text).map_err(|e| TrainError::Resume {
+            dir: out.dir.clone(),
+            reason: format!("its `run.json` is unreadable: {e}"),
+        })?;
+        if &theirs != config {
+            return Err(TrainError::Resume {
+                dir: out.dir.clone(),
+                reason: format!(
+                    "it was started with {}; this run asks for {}",
+                    describe_config(&theirs),
+                    describe_config(config)
+                ),
+            });
+        }
+        Ok(())
+    } else {
+        write_atomic(&out.config(), &serde_json_pretty(config))
+    }
+}
+
+fn describe_config(c: &RunConfig) -> String {
+    let micro = c
+        .micro_batch
+        .map_or_else(String::new, |m| format!(", micro-batches of {m}"));
+    format!(
+        "{} on {}, seed {}, {} workers, batch {}{micro} ({} steps per epoch)",
+        c.model, c.data, c.seed, c.workers, c.batch, c.steps_per_epoch
+    )
+}
+
+/// Write through a temporary file and a rename, so a reader (or a crash) never sees
+/// half a file.
+fn write_atomic(path: &Path, text: &str) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| TrainError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The rows written so far.
+#[derive(Clone, Debug, Default)]
+struct History {
+    trace: Trace,
+    epochs: Vec<EpochSummary>,
+}
+
+impl History {
+    fn new() -> Self {
+        Self {
+            trace: Trace {
+                columns: TRACE_COLUMNS.iter().map(|c| c.to_string()).collect(),
+                records: Vec::new(),
+            },
+            epochs: Vec::new(),
+        }
+    }
+
+    fn epochs_trace(&self) -> Trace {
+        epochs_trace(&self.epochs)
+    }
+
+    fn write(&self, out: &OutDir) -> Result<(), TrainError> {
+        write_atomic(&out.trace(), &self.trace.to_csv())?;
+        write_atomic(&out.epochs(), &self.epochs_trace().to_csv())
+    }
+
+    /// The rows of a stopped run, up to (not including) `step`.
+    fn read(out: &OutDir, step: u64) -> Result<Self, TrainError> {
+        let resume_error = |reason: String| TrainError::Resume {
+            dir: out.dir.clone(),
+            reason,
+        };
+        let mut history = Self::new();
+        let trace = read_csv(&out.trace(), &TRACE_COLUMNS).map_err(resume_error)?;
+        history.trace.records = trace
+            .records
+            .into_iter()
+            .filter(|r| r.step < step)
+            .collect();
+        if history.trace.records.len() as u64 != step
+            || history
+                .trace
+                .records
+                .iter()
+                .enumerate()
+                .any(|(i, r)| r.step != i as u64)
+        {
+            return Err(resume_error(format!(
+                "`trace.csv` does not hold every step before the checkpoint's step {step}"
+            )));
+        }
+        let epochs = read_csv(&out.epochs(), &EPOCH_COLUMNS).map_err(resume_error)?;
+        for record in epochs.records.into_iter().filter(|r| r.step < step) {
+            let v = &record.values;
+            history.epochs.push(EpochSummary {
+                epoch: v[0] as u64,
+                step: record.step,
+                train_loss: v[1],
+                test_loss: v[2],
+                test_accuracy: v[3],
+                lr: v[4],
+                batch: v[5] as u64,
+                bytes_sent: v[6] as u64,
+                skipped: v[7] as u64,
+            });
+        }
+        Ok(history)
+    }
+}
+
+fn epochs_trace(epochs: &[EpochSummary]) -> Trace {
+    Trace {
+        columns: EPOCH_COLUMNS.iter().map(|c| c.to_string()).collect(),
+        records: epochs
+            .iter()
+            .map(|e| TraceRecord {
+                step: e.step,
+                values: vec![
+                    e.epoch as f64,
+                    e.train_loss,
+                    e.test_loss,
+                    e.test_accuracy,
+                    e.lr,
+                    e.batch as f64,
+                    e.bytes_sent as f64,
+                    e.skipped as f64,
+                ],
+            })
+            .collect(),
+    }
+}
+
+/// Read back a CSV that [`Trace::to_csv`] wrote (floats in shortest round-trip form,
+/// so every value comes back with the same bits).
+fn read_csv(path: &Path, columns: &[&str]) -> Result<Trace, String> {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{name}`: {e}"))?;
+    let mut lines = text.lines();
+    let expected: Vec<&str> = std::iter::once("step")
+        .chain(columns.iter().copied())
+        .collect();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    if header != expected {
+        return Err(format!(
+            "`{name}` does not have the columns of this version"
+        ));
+    }
+    let mut trace = Trace {
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        records: Vec::new(),
+    };
+    for (index, line) in lines.enumerate() {
+        let bad = || format!("`{name}` line {} is malformed", index + 2);
+        let mut fields = line.split(',');
+        let step = fields.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let values: Vec<f64> = fields
+            .map(|f| f.parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
+        if values.len() != columns.len() {
+            return Err(bad());
+        }
+        trace.records.push(TraceRecord { step, values });
+    }
+    Ok(trace)
+}
+
+/// Run every worker (worker 0 on this thread, the others in scoped threads, joined
+/// through a [`ThreadCluster`]); returns worker 0's history and the step it began at.
+fn run_workers(
+    plan: &Plan<'_>,
+    observer: &mut dyn FnMut(RunEvent<'_>),
+) -> Result<(History, u64), Error> {
+    if plan.workers == 1 {
+        let result = Worker::new(plan, 0, Box::new(SingleProcess))?.run(Some(observer))?;
+        return result.ok_or(Error::WorkerPanicked { rank: 0 });
+    }
+    let mut communicators = ThreadCluster::new(plan.workers).into_iter();
+    let first = communicators.next();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = communicators
+            .map(|communicator| {
+                scope.spawn(move || {
+                    let rank = communicator.rank();
+                    Worker::new(plan, rank, Box::new(communicator))?.run(None)
+                })
+            })
+            .collect();
+        let ours = match first {
+            Some(communicator) => {
+                Worker::new(plan, 0, Box::new(communicator)).and_then(|w| w.run(Some(observer)))
+            }
+            None => Err(Error::WorkerPanicked { rank: 0 }),
+        };
+        let mut peer_error = None;
+        for (index, handle) in handles.into_iter().enumerate() {
+            match handle.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    peer_error.get_or_insert(error);
+                }
+                Err(_) => {
+                    peer_error.get_or_insert(Error::WorkerPanicked { rank: index + 1 });
+                }
+            }
+        }
+        // Worker 0's own failure is the cause unless it only saw a peer go away.
+        match (ours, peer_error) {
+            (Ok(Some(result)), None) => Ok(result),
+            (Ok(_), Some(error)) => Err(error),
+            (Ok(None), None) => Err(Error::WorkerPanicked { rank: 0 }),
+            (Err(error), Some(peer)) if is_peer_gone(&error) => Err(peer),
+            (Err(error), _) => Err(error),
+        }
+    })
+}
+
+fn is_peer_gone(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Runtime(crate::RuntimeError::Communication {
+            error: regimen_core::comm::CommError::PeerGone { .. },
+            ..
+        })
+    )
+}
+
+/// One simulated worker: its model buffers (in the script's precision) and stepper.
+struct Worker<'a> {
+    plan: &'a Plan<'a>,
+    rank: usize,
+    stepper: crate::Stepper<NdArrayBackend>,
+    params: Buffers,
+    grads: Buffers,
+    numel: u64,
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        plan: &'a Plan<'a>,
+        rank: usize,
+        communicator: Box<dyn Communicator>,
+    ) -> Result<Self, Error> {
+        let dtype = plan.script.strategy().precision.dtype;
+        let specs: Vec<_> = plan
+            .mlp
+            .param_specs()
+            .into_iter()
+            .map(|s| s.with_dtype(dtype))
+            .collect();
+        let options = StepperOptions::new()
+            .with_communicator(communicator)
+            .with_seed(plan.seed);
+        let (stepper, master) = match (plan.resume, plan.out) {
+            (true, Some(out)) => {
+                let path = out.checkpoint(rank);
+                if !path.is_file() {
+                    return Err(TrainError::Resume {
+                        dir: out.dir.clone(),
+                        reason: format!("there is no checkpoint `{}`", path.display()),
+                    }
+                    .into());
+                }
+                let stepper = plan.script.resume_with_options(
+                    NdArrayBackend::new(),
+                    &path,
+                    &specs,
+                    options,
+                )?;
+                let mut master: Vec<Vec<f32>> =
+                    specs.iter().map(|s| vec![0.0; s.numel()]).collect();
+                for (index, tensor) in master.iter_mut().enumerate() {
+                    stepper.read_master(index, tensor)?;
+                }
+                (stepper, master)
+            }
+            _ => {
+                let init = plan.mlp.init(plan.seed);
+                let buffers = Buffers::from_f32(dtype, &init);
+                let stepper = plan.script.bind_with_options(
+                    NdArrayBackend::new(),
+                    &specs,
+                    &buffers.views(),
+                    options,
+                )?;
+                (stepper, init)
+            }
+        };
+        let params = Buffers::from_f32(dtype, &master);
+        Ok(Self {
+            plan,
+            rank,
+            stepper,
+            grads: params.clone(),
+            params,
+            numel: plan.mlp.numel() as u64,
+        })
+    }
+
+    /// The rows of batch `index` of `epoch` that this worker computes: the batch's
+    /// rows are split into contiguous shards, the first `len % W` one row longer.
+    fn shard(&self, order: &[usize], index: u64) -> (std::ops::Range<usize>, usize) {
+        let start = index as usize * self.plan.batch;
+        let end = (start + self.plan.batch).min(order.len());
+        let len = end - start;
+        let (w, r) = (self.plan.workers, self.rank);
+        let (base, extra) = (len / w, len % w);
+        let begin = start + r * base + r.min(extra);
+        let size = base + usize::from(r < extra);
+        (begin..begin + size, len)
+    }
+
+    /// Train to the end (or the agreed stop). Worker 0 returns its history.
+    fn run(
+        mut self,
+        mut observer: Option<&mut dyn FnMut(RunEvent<'_>)>,
+    ) -> Result<Option<(History, u64)>, Error> {
+        let plan = self.plan;
+        let start_step = self.stepper.step_index();
+        let mut history = match (plan.resume, plan.out, self.rank) {
+            (true, Some(out), 0) => History::read(out, start_step)?,
+            _ => History::new(),
+        };
+        if let Some(observer) = observer.as_deref_mut() {
+            observer(RunEvent::Started {
+                start_step,
+                total_steps: plan.total_steps,
+                steps_per_epoch: plan.steps_per_epoch,
+                batch: plan.batch as u64,
+                train_rows: plan.split.train.len(),
+                test_rows: plan.split.test.len(),
+                model: plan.mlp,
+                warnings: plan.warnings.as_ref(),
+                binding_warnings: &self.stepper.binding().warnings,
+            });
+        }
+        let mut order: Vec<usize> = Vec::new();
+        let mut order_epoch = None;
+        let mut x = Vec::new();
+        let mut labels = Vec::new();
+        let mut grads: Vec<Vec<f32>> = plan
+            .mlp
+            .param_specs()
+            .iter()
+            .map(|s| vec![0.0; s.numel()])
+            .collect();
+        let mut micro_grads = grads.clone();
+        let mut step = start_step;
+        while step < plan.total_steps {
+            // Every worker stops at the same step: whoever sees the interrupt first
+            // moves the stop to the step after the next one, which no peer can have
+            // passed (each step waits for everyone's gradients).
+            if plan.interrupt.load(Ordering::SeqCst) {
+                plan.stop_at.fetch_min(step + 1, Ordering::SeqCst);
+            }
+            if step >= plan.stop_at.load(Ordering::SeqCst) {
+                break;
+            }
+            let epoch = step / plan.steps_per_epoch;
+            if order_epoch != Some(epoch) {
+                order = (0..plan.split.train.len()).collect();
+                SplitMix64::keyed(plan.seed, ORDER_STREAM, epoch).shuffle(&mut order);
+                order_epoch = Some(epoch);
+            }
+            let (rows, batch_len) = self.shard(&order, step % plan.steps_per_epoch);
+            x.clear();
+            labels.clear();
+            plan.split.train.gather(&order[rows], &mut x, &mut labels);
+            let master = self.params.to_f32();
+            let loss =
+                self.shard_loss_and_grad(&master, &x, &labels, &mut grads, &mut micro_grads)?;
+            // The workers' mean gradient is the batch's mean gradient: each shard's
+            // mean is weighted by W·|shard|/|batch| (1 for equal shards).
+            let weight = (plan.workers * labels.len()) as f32 / batch_len as f32;
+            let scale = self.stepper.loss_scale() as f32;
+            if weight != 1.0 {
+                grads.iter_mut().flatten().for_each(|g| *g *= weight);
+            }
+            self.grads.store_scaled(&grads, scale);
+            let report = {
+                let views = self.grads.views();
+                let mut params = self.params.views_mut();
+                self.stepper
+                    .step(&mut params, &views, &crate::Metrics { loss: Some(loss) })?
+            };
+            if self.rank == 0 {
+                let record = step_record(&report, epoch, batch_len, self.numel);
+                let lr = record.values[1];
+                history.trace.records.push(record);
+                if let Some(observer) = observer.as_deref_mut() {
+                    observer(RunEvent::Step {
+                        step,
+                        loss,
+                        lr,
+                        batch: batch_len as u64,
+                    });
+                }
+            }
+            step += 1;
+            let epoch_done = step % plan.steps_per_epoch == 0;
+            if epoch_done && self.rank == 0 {
+                let summary = self.epoch_summary(&history, epoch)?;
+                if let Some(observer) = observer.as_deref_mut() {
+                    observer(RunEvent::Epoch(&summary));
+                }
+                history.epochs.push(summary);
+            }
+            let stopping = step >= plan.stop_at.load(Ordering::SeqCst) && step < plan.total_steps;
+            if epoch_done || stopping || step == plan.total_steps {
+                self.checkpoint(&history)?;
+            }
+        }
+        Ok((self.rank == 0).then_some((history, start_step)))
+    }
+
+    /// Mean loss and gradient of this worker's shard, in micro-batches of at most
+    /// `plan.micro_batch` rows whose gradients are accumulated (weighted by their
+    /// share of the shard), as gradient accumulation does. An empty shard (a last
+    /// batch smaller than the number of workers) contributes zeros and a NaN loss.
+    fn shard_loss_and_grad(
+        &self,
+        params: &[Vec<f32>],
+        x: &[f32],
+        labels: &[u32],
+        grads: &mut [Vec<f32>],
+        micro_grads: &mut [Vec<f32>],
+    ) -> Result<f64, Error> {
+        let mlp = self.plan.mlp;
+        let rows = labels.len();
+        let micro = self.plan.micro_batch.unwrap_or(rows).max(1);
+        if rows == 0 {
+            grads.iter_mut().for_each(|g| g.fill(0.0));
+            return Ok(f64::NAN);
+        }
+        if micro >= rows {
+            return Ok(mlp
+                .loss_and_grad(params, x, labels, grads)
+                .map_err(TrainError::from)?);
+        }
+        grads.iter_mut().for_each(|g| g.fill(0.0));
+        let mut loss = 0.0;
+        for (xs, ys) in x.chunks(micro * mlp.inputs()).zip(labels.chunks(micro)) {
+            let share = ys.len() as f64 / rows as f64;
+            loss += share
+                * mlp
+                    .loss_and_grad(params, xs, ys, micro_grads)
+                    .map_err(TrainError::from)?;
+            for (g, m) in grads.iter_mut().zip(micro_grads.iter()) {
+                for (g, m) in g.iter_mut().zip(m) {
+                    *g += share as f32 * m;
+                }
+            }
+        }
+        Ok(loss)
+    }
+
+    fn epoch_summary(&self, history: &History, epoch: u64) -> Result<EpochSummary, Error> {
+        let rows: Vec<&TraceRecord> = history
+            .trace
+            .records
+            .iter()
+            .filter(|r| r.values[0] as u64 == epoch)
+            .collect();
+        let column = |name: &str| TRACE_COLUMNS.iter().position(|c| *c == name).unwrap_or(0);
+        let (loss, skipped, bytes, lr) = (
+            column("loss"),
+            column("skipped"),
+            column("bytes_sent"),
+            column("lr"),
+        );
+        let finite: Vec<f64> = rows
+            .iter()
+            .map(|r| r.values[loss])
+            .filter(|l| l.is_finite())
+            .collect();
+        let train_loss = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
+        let test = self.evaluate()?;
+        let last = rows.last();
+        Ok(EpochSummary {
+            epoch: epoch + 1,
+            step: last.map_or(0, |r| r.step),
+            train_loss,
+            test_loss: test.loss,
+            test_accuracy: test.accuracy,
+            lr: last.map_or(f64::NAN, |r| r.values[lr]),
+            batch: self.plan.batch as u64,
+            bytes_sent: rows.iter().map(|r| r.values[bytes] as u64).sum(),
+            skipped: rows.iter().map(|r| r.values[skipped] as u64).sum(),
+        })
+    }
+
+    /// The model as it is held (in the script's precision) on the test split.
+    fn evaluate(&self) -> Result<Evaluation, Error> {
+        let test = &self.plan.split.test;
+        Ok(self
+            .plan
+            .mlp
+            .evaluate(&self.params.to_f32(), &test.x, &test.labels)
+            .map_err(TrainError::from)?)
+    }
+
+    /// Outputs first, then the checkpoint: a crash between the two leaves rows past
+    /// the checkpoint, which `--resume` drops, never a checkpoint without its rows.
+    fn checkpoint(&self, history: &History) -> Result<(), Error> {
+        let Some(out) = self.plan.out else {
+            return Ok(());
+        };
+        if self.rank == 0 {
+            history.write(out)?;
+        }
+        self.stepper.save(&out.checkpoint(self.rank))?;
+        Ok(())
+    }
+}
+
+/// One `trace.csv` record of worker 0's step report.
+fn step_record(report: &StepReport, epoch: u64, batch: usize, numel: u64) -> TraceRecord {
+    let lr = report
+        .scalars
+        .iter()
+        .find(|(name, _)| name == "lr")
+        .map_or(f64::NAN, |(_, v)| *v);
+    // What this worker puts on the wire for its gradients: the encoded payloads of
+    // the compressed parameters plus dense f32 for the rest (with one worker and no
+    // `compress` rule the pipeline does not run, and everything counts as dense);
+    // nothing on a skipped step.
+    let (dense, sent) = if report.skipped {
+        (0, 0)
+    } else {
+        let covered: u64 = report.compression.iter().map(|c| c.dense_bytes).sum();
+        let payload: u64 = report.compression.iter().map(|c| c.payload_bytes).sum();
+        let total = 4 * numel;
+        (total, payload + total.saturating_sub(covered))
+    };
+    TraceRecord {
+        step: report.step,
+        values: vec![
+            epoch as f64,
+            lr,
+            batch as f64,
+            report.loss.unwrap_or(f64::NAN),
+            report.loss_scale,
+            f64::from(u8::from(report.skipped)),
+            report.grad_norm,
+            report.update_norm,
+            sent as f64,
+            dense as f64,
+            report.wire_bytes_sent as f64,
+        ],
+    }
+}
+
+fn column_sum(trace: &Trace, name: &str) -> u64 {
+    trace
+        .column(name)
+        .unwrap_or_default()
+        .iter()
+        .map(|&v| v as u64)
+        .sum()
+}
+
+fn summarize(
+    plan: &Plan<'_>,
+    data: &DataChoice,
+    trace: &Trace,
+    epochs: &[EpochSummary],
+    epoch_count: u64,
+    start_step: u64,
+    started: Instant,
+) -> RunSummary {
+    let last = epochs.last();
+    let bytes_sent = column_sum(trace, "bytes_sent");
+    let bytes_dense = column_sum(trace, "bytes_dense");
+    let steps_done = trace.records.len() as u64;
+    RunSummary {
+        script: plan.script.name().to_string(),
+        model: plan.mlp.describe(),
+        parameters: plan.mlp.numel(),
+        data: data.describe(),
+        train_rows: plan.split.train.len(),
+        test_rows: plan.split.test.len(),
+        seed: plan.seed,
+        workers: plan.workers,
+        batch: plan.batch as u64,
+        steps_per_epoch: plan.steps_per_epoch,
+        epochs: epoch_count,
+        steps_done,
+        total_steps: plan.total_steps,
+        interrupted: steps_done < plan.total_steps,
+        resumed_at_step: start_step,
+        final_test_accuracy: last.map_or(f64::NAN, |e| e.test_accuracy),
+        final_test_loss: last.map_or(f64::NAN, |e| e.test_loss),
+        best_test_accuracy: epochs
+            .iter()
+            .map(|e| e.test_accuracy)
+            .fold(f64::NAN, f64::max),
+        final_train_loss: last.map_or(f64::NAN, |e| e.train_loss),
+        bytes_sent,
+        bytes_dense,
+        compression_ratio: bytes_dense as f64 / bytes_sent as f64,
+        wire_bytes_sent: column_sum(trace, "wire_bytes_sent"),
+        skipped_steps: column_sum(trace, "skipped"),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// The panels of `report.svg`: the step's loss, the test accuracy after the last
+/// finished epoch (a step line), lr, batch size and bytes sent per step.
+fn report_trace(trace: &Trace, epochs: &[EpochSummary]) -> Trace {
+    let pick = |name: &str| TRACE_COLUMNS.iter().position(|c| *c == name).unwrap_or(0);
+    let columns = [pick("loss"), pick("lr"), pick("batch"), pick("bytes_sent")];
+    let mut next_epoch = epochs.iter().peekable();
+    let mut accuracy = f64::NAN;
+    // At most REPORT_MAX_POINTS points a line (and always the last step), so the SVG
+    // of a long run stays small.
+    let every = trace.records.len().div_ceil(REPORT_MAX_POINTS).max(1);
+    let last = trace.records.len().saturating_sub(1);
+    let records = trace
+        .records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            while let Some(e) = next_epoch.next_if(|e| e.step <= r.step) {
+                accuracy = e.test_accuracy;
+            }
+            let values = vec![
+                r.values[columns[0]],
+                accuracy,
+                r.values[columns[1]],
+                r.values[columns[2]],
+                r.values[columns[3]],
+            ];
+            (i % every == 0 || i == last).then_some(TraceRecord {
+                step: r.step,
+                values,
+            })
+        })
+        .collect();
+    Trace {
+        columns: [
+            "train loss",
+            "test accuracy",
+            "lr",
+            "batch size",
+            "bytes sent",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect(),
+        records,
+    }
+}
+
+/// The most points a line of `report.svg` gets.
+const REPORT_MAX_POINTS: usize = 4000;
+
+/// One script's runs in [`compare`]: one outcome per seed.
+#[derive(Clone, Debug)]
+pub struct Compared {
+    /// The script.
+    pub script: PathBuf,
+    /// One run per seed, in seed order.
+    pub runs: Vec<RunOutcome>,
+}
+
+impl Compared {
+    /// Mean and (sample) standard deviation of the final test accuracy over seeds.
+    pub fn accuracy(&self) -> (f64, f64) {
+        mean_std(self.runs.iter().map(|r| r.summary.final_test_accuracy))
+    }
+
+    /// Mean wall time of a run, seconds.
+    pub fn seconds(&self) -> f64 {
+        mean_std(self.runs.iter().map(|r| r.summary.seconds)).0
+    }
+
+    /// Mean bytes sent per run, and the mean dense bytes.
+    pub fn bytes(&self) -> (f64, f64) {
+        (
+            mean_std(self.runs.iter().map(|r| r.summary.bytes_sent as f64)).0,
+            mean_std(self.runs.iter().map(|r| r.summary.bytes_dense as f64)).0,
+        )
+    }
+
+    /// Mean skipped steps per run.
+    pub fn skipped(&self) -> f64 {
+        mean_std(self.runs.iter().map(|r| r.summary.skipped_steps as f64)).0
+    }
+}
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_std(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let values: Vec<f64> = values.collect();
+    let n = values.len() as f64;
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// Run every script with seeds `base.seed .. base.seed + seeds` (same data, model,
+/// batch override and epochs), without writing outputs. Stops early, with what is
+/// done, when `interrupt` is set.
+pub fn compare(
+    scripts: &[PathBuf],
+    base: &RunOptions,
+    seeds: u64,
+    interrupt: &AtomicBool,
+    observer: &mut dyn FnMut(&Path, u64, RunEvent<'_>),
+) -> Result<Vec<Compared>, Error> {
+    let mut results = Vec::with_capacity(scripts.len());
+    for script in scripts {
+        let mut runs = Vec::new();
+        for seed in base.seed..base.seed.saturating_add(seeds.max(1)) {
+            if interrupt.load(Ordering::SeqCst) {
+                break;
+            }
+            let options = RunOptions {
+                seed,
+                out: None,
+                resume: false,
+                ..base.clone()
+            };
+            let outcome = run(script, &options, interrupt, &mut |event| {
+                observer(script, seed, event)
+            })?;
+            // A run cut short by Ctrl-C would compare an unfinished run with finished
+            // ones: it is left out (the table shows how many seeds each row has).
+            if !outcome.summary.interrupted {
+                runs.push(outcome);
+            }
+        }
+        results.push(Compared {
+            script: script.clone(),
+            runs,
+        });
+    }
+    Ok(results)
+}
+
+/// The overlay chart of a comparison: one panel per measure (test accuracy per epoch,
+/// train loss per epoch, bytes sent per epoch), one line per script (the mean over
+/// seeds), x in epochs.
+pub fn compare_panels(results: &[Compared]) -> Vec<crate::plot::Panel> {
+    type Measure = fn(&EpochSummary) -> f64;
+    let measures: [(&str, Measure); 3] = [
+        ("test accuracy", |e| e.test_accuracy),
+        ("train loss", |e| e.train_loss),
+        ("bytes sent per epoch", |e| e.bytes_sent as f64),
+    ];
+    measures
+        .iter()
+        .map(|(name, measure)| crate::plot::Panel {
+            name: name.to_string(),
+            series: results
+                .iter()
+                .map(|compared| {
+                    let epochs = compared
+                        .runs
+                        .iter()
+                        .map(|r| r.epochs.len())
+                        .min()
+                        .unwrap_or(0);
+                    let points = (0..epochs)
+                        .map(|e| {
+                            let mean =
+                                mean_std(compared.runs.iter().map(|r| measure(&r.epochs[e]))).0;
+                            ((e + 1) as f64, mean)
+                        })
+                        .collect();
+                    let label = compared.script.file_stem().map_or_else(
+                        || compared.script.display().to_string(),
+                        |s| s.to_string_lossy().into_owned(),
+                    );
+                    (label, points)
+                })
+                .collect(),
+        })
+        .collect()
+}

@@ -540,3 +540,38 @@ fn instances_of_the_thread_safe_export_run_at_once() {
         }
     });
 }
+
+#[test]
+fn abi_md_embeds_the_header_and_states_the_right_sizes() {
+    let doc = std::fs::read_to_string(workspace().join("plugins/sdk/ABI.md")).unwrap();
+    let header =
+        std::fs::read_to_string(workspace().join("plugins/sdk/include/regimen_plugin.h")).unwrap();
+    assert!(
+        doc.contains(&format!("```c\n{header}```")),
+        "ABI.md must reproduce include/regimen_plugin.h verbatim in its last ```c block"
+    );
+    // Every "**`RgX`** — N bytes" of the struct reference is the Rust size.
+    let rust = rust_layout();
+    let mut stated = 0;
+    for line in doc.lines() {
+        let Some(rest) = line.strip_prefix("**`") else {
+            continue;
+        };
+        let Some((name, rest)) = rest.split_once("`**") else {
+            continue;
+        };
+        let Some(bytes) = rest
+            .split_once(" — ")
+            .and_then(|(_, r)| r.split_once(" bytes"))
+            .map(|(n, _)| n)
+        else {
+            continue;
+        };
+        let want = rust
+            .get(&format!("{name}.size"))
+            .unwrap_or_else(|| panic!("ABI.md sizes `{name}`, which abi.rs does not define"));
+        assert_eq!(bytes, want, "ABI.md's size of {name}");
+        stated += 1;
+    }
+    assert_eq!(stated, 15, "ABI.md states the size of every struct");
+}

@@ -173,6 +173,9 @@ pub struct TraceOptions {
     pub steps_per_epoch: Option<f64>,
     /// Samples per step, overriding the script's batch size.
     pub batch_size: Option<f64>,
+    /// Folders a relative `plugin "…"` path is looked up in after the script's own
+    /// folder (`--plugin-path`).
+    pub plugin_path: Vec<PathBuf>,
 }
 
 impl Default for TraceOptions {
@@ -183,6 +186,7 @@ impl Default for TraceOptions {
             every: 1,
             steps_per_epoch: None,
             batch_size: None,
+            plugin_path: Vec::new(),
         }
     }
 }
@@ -212,11 +216,20 @@ impl TraceOptions {
         self
     }
 
+    /// Look up relative `plugin "…"` paths in `dir` too (after the script's folder
+    /// and the folders added before).
+    pub fn with_plugin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.plugin_path.push(dir.into());
+        self
+    }
+
     /// The compiler settings these options imply.
     pub fn compile_options(&self) -> CompileOptions {
         CompileOptions {
             steps_per_epoch: self.steps_per_epoch,
             batch_size: self.batch_size,
+            script_dir: None,
+            plugin_path: self.plugin_path.clone(),
         }
     }
 }
@@ -317,6 +330,8 @@ pub struct ProblemOptions {
     /// [`Problem::with_worker`]; they exchange gradients through a [`ThreadCluster`]
     /// and the trace is worker 0's (its own minibatch loss, its bytes on the wire).
     pub workers: usize,
+    /// Compressors the host program registers (see [`with_script_plugins`]).
+    pub compressors: CompressorRegistry,
 }
 
 impl ProblemOptions {
@@ -328,6 +343,7 @@ impl ProblemOptions {
             overflow_at: Vec::new(),
             backend: BackendChoice::NdArray,
             workers: 1,
+            compressors: CompressorRegistry::new(),
         }
     }
 
@@ -346,6 +362,12 @@ impl ProblemOptions {
     /// Inject an overflow at each of these steps.
     pub fn with_overflow_at(mut self, steps: impl IntoIterator<Item = u64>) -> Self {
         self.overflow_at = steps.into_iter().collect();
+        self
+    }
+
+    /// Build compressors with `registry` first (see [`with_script_plugins`]).
+    pub fn with_compressors(mut self, registry: CompressorRegistry) -> Self {
+        self.compressors = registry;
         self
     }
 
@@ -413,6 +435,19 @@ pub fn trace_problem_compiled(
     }
 }
 
+/// `options` with the compressors of the script's `plugin` libraries registered
+/// under those `options` already has: a method the host program registered itself
+/// (e.g. the same algorithm compiled in, to compare with the plugin) takes
+/// precedence over a plugin's of the same name. A plugin name that clashes with a
+/// built-in was refused when the script was compiled.
+pub fn with_script_plugins(compiled: &Compiled, options: StepperOptions) -> StepperOptions {
+    let registry = compiled
+        .plugins
+        .registry()
+        .with_methods_of(&options.compressors);
+    options.with_compressors(registry)
+}
+
 /// One worker's run (worker 0's reports are kept, every `every`-th step and the last;
 /// the other workers keep none).
 struct WorkerRun<'a> {
@@ -433,9 +468,13 @@ impl WorkerRun<'_> {
             Problem::new(self.options.problem, self.options.seed).with_worker(rank, world)?;
         let mut model = ProblemModel::new(problem, self.compiled.strategy.precision.dtype)
             .with_overflow_at(&self.options.overflow_at);
-        let stepper_options = StepperOptions::new()
-            .with_communicator(communicator)
-            .with_seed(self.options.seed);
+        let stepper_options = with_script_plugins(
+            self.compiled,
+            StepperOptions::new()
+                .with_communicator(communicator)
+                .with_seed(self.options.seed)
+                .with_compressors(self.options.compressors.clone()),
+        );
         let mut stepper = Stepper::new_with(
             backend,
             self.compiled.graph.clone(),
@@ -675,13 +714,7 @@ impl Script {
         params: &[ParamSpec],
         initial: &[HostTensor<'_>],
     ) -> Result<Stepper<B>, Error> {
-        Ok(Stepper::new(
-            backend,
-            self.compiled.graph.clone(),
-            self.compiled.strategy.clone(),
-            params,
-            initial,
-        )?)
+        self.bind_with_options(backend, params, initial, StepperOptions::new())
     }
 
     /// [`Script::bind`] as one worker of a data-parallel run: `options` gives the
@@ -738,7 +771,7 @@ impl Script {
             self.compiled.strategy.clone(),
             params,
             initial,
-            options,
+            with_script_plugins(&self.compiled, options),
         )?)
     }
 
@@ -761,13 +794,7 @@ impl Script {
         checkpoint: impl AsRef<Path>,
         params: &[ParamSpec],
     ) -> Result<Stepper<B>, Error> {
-        Ok(Stepper::load(
-            checkpoint.as_ref(),
-            backend,
-            self.compiled.graph.clone(),
-            self.compiled.strategy.clone(),
-            params,
-        )?)
+        self.resume_with_options(backend, checkpoint, params, StepperOptions::new())
     }
 
     /// [`Script::resume_with`] as one worker of a data-parallel run (see
@@ -786,7 +813,7 @@ impl Script {
             self.compiled.graph.clone(),
             self.compiled.strategy.clone(),
             params,
-            options,
+            with_script_plugins(&self.compiled, options),
         )?)
     }
 

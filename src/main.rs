@@ -164,6 +164,10 @@ struct ScriptOptions {
     /// counts in samples.
     #[arg(long, value_name = "B", value_parser = positive_number)]
     batch_size: Option<f64>,
+    /// A folder to look up relative `plugin "…"` paths in, after the script's own
+    /// folder (repeatable; searched in order).
+    #[arg(long, value_name = "DIR")]
+    plugin_path: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +358,7 @@ fn trace_options(options: &ScriptOptions) -> TraceOptions {
         every: 1,
         steps_per_epoch: options.steps_per_epoch,
         batch_size: options.batch_size,
+        plugin_path: options.plugin_path.clone(),
     }
 }
 
@@ -561,12 +566,14 @@ fn bind(args: &BindArgs) -> anyhow::Result<ExitCode> {
         regimen::Problem::new(args.problem, 0),
         compiled.strategy.precision.dtype,
     );
-    let stepper = regimen::Stepper::new(
+    let options = regimen::with_script_plugins(&compiled, regimen::StepperOptions::new());
+    let stepper = regimen::Stepper::new_with(
         regimen::NdArrayBackend::new(),
         compiled.graph,
         compiled.strategy,
         &model.param_specs(),
         &model.params(),
+        options,
     )
     .map_err(regimen::Error::from)?;
     print_stdout(&stepper.binding().describe())?;

@@ -37,6 +37,10 @@ pub struct TrainArgs {
     /// pieces of at most this many rows [default: the whole shard at once].
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
     micro_batch: Option<u64>,
+    /// A folder to look up relative `plugin "…"` paths in, after the script's own
+    /// folder (repeatable; searched in order).
+    #[arg(long, value_name = "DIR")]
+    plugin_path: Vec<PathBuf>,
 }
 
 impl TrainArgs {
@@ -49,6 +53,7 @@ impl TrainArgs {
             workers: usize::try_from(self.workers).unwrap_or(1),
             micro_batch: self.micro_batch.and_then(|m| usize::try_from(m).ok()),
             batch: self.batch_size.and_then(|b| usize::try_from(b).ok()),
+            plugin_path: self.plugin_path.clone(),
             ..RunOptions::default()
         }
     }

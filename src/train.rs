@@ -177,6 +177,9 @@ pub struct RunOptions {
     /// Stop (cleanly, after a checkpoint) once this many steps are done in total: what
     /// Ctrl-C does, made reproducible for tests.
     pub stop_after: Option<u64>,
+    /// Folders a relative `plugin "…"` path is looked up in after the script's own
+    /// folder (`--plugin-path`).
+    pub plugin_path: Vec<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -194,6 +197,7 @@ impl Default for RunOptions {
             out: None,
             resume: false,
             stop_after: None,
+            plugin_path: Vec::new(),
         }
     }
 }
@@ -457,6 +461,8 @@ pub fn run(
         &crate::CompileOptions {
             steps_per_epoch: Some(1.0),
             batch_size: None,
+            plugin_path: options.plugin_path.clone(),
+            ..Default::default()
         },
     )
     .ok()
@@ -486,6 +492,8 @@ pub fn run(
         &crate::CompileOptions {
             steps_per_epoch: Some(steps_per_epoch as f64),
             batch_size: Some(batch as f64),
+            plugin_path: options.plugin_path.clone(),
+            ..Default::default()
         },
     )?;
     let epochs = match options.epochs {

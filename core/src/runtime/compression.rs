@@ -92,6 +92,19 @@ impl std::fmt::Debug for CompressorRegistry {
     }
 }
 
+/// Two registries are equal when they register the same names to the very same
+/// builders.
+impl PartialEq for CompressorRegistry {
+    fn eq(&self, other: &Self) -> bool {
+        self.custom.len() == other.custom.len()
+            && self
+                .custom
+                .iter()
+                .zip(&other.custom)
+                .all(|((a, f), (b, g))| a == b && Arc::ptr_eq(f, g))
+    }
+}
+
 impl CompressorRegistry {
     /// The built-in methods only.
     pub fn new() -> Self {
@@ -108,6 +121,16 @@ impl CompressorRegistry {
         let method = method.into();
         self.custom.retain(|(name, _)| *name != method);
         self.custom.push((method, Arc::new(build)));
+        self
+    }
+
+    /// The same registry with every method of `other` registered on top (`other`'s
+    /// take precedence).
+    pub fn with_methods_of(mut self, other: &CompressorRegistry) -> Self {
+        for (method, build) in &other.custom {
+            self.custom.retain(|(name, _)| name != method);
+            self.custom.push((method.clone(), Arc::clone(build)));
+        }
         self
     }
 

@@ -575,3 +575,42 @@ fn abi_md_embeds_the_header_and_states_the_right_sizes() {
     }
     assert_eq!(stated, 15, "ABI.md states the size of every struct");
 }
+
+/// A variant of the C plugin built with `-D{define}` to `name`.
+fn variant(define: &str, name: &str) -> PathBuf {
+    let path = build_dir().join(format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    cc(
+        "plugins/tests/c-plugin/identity.c",
+        &path,
+        &[
+            "-shared",
+            "-fPIC",
+            "-Wno-unused-function",
+            &format!("-D{define}"),
+        ],
+    );
+    path
+}
+
+#[test]
+fn a_function_table_with_a_null_slot_is_refused_at_load() {
+    let path = variant("RG_TEST_NULL_SLOT", "regimen_c_null_slot");
+    let error = Plugin::load(&path, None).unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, PluginError::Malformed { .. }), "{error:?}");
+    assert!(text.contains("function 4 of its table is null"), "{text}");
+    assert!(text.contains("regimen_c_null_slot"), "{text}");
+}
+
+#[test]
+fn a_plugin_claiming_a_built_in_method_id_is_refused() {
+    let path = variant("RG_TEST_BUILTIN_ID", "regimen_c_builtin_id");
+    let plugin = Plugin::load(&path, None).unwrap();
+    let error = plugin.compressor("c_identity", &Args::new()).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("method id 0x0004 is a built-in's"), "{text}");
+}

@@ -183,12 +183,19 @@ pub(super) fn open(path: &Path) -> Result<Tables, PluginError> {
                 });
             }
         }
+        // (size of the table, offset of its first function pointer)
         let vtable_needed = match e.kind {
-            KIND_COMPRESSOR => Some(std::mem::size_of::<RgCompressorVTable>()),
-            KIND_BATCH_CONTROLLER => Some(std::mem::size_of::<RgControllerVTable>()),
+            KIND_COMPRESSOR => Some((
+                std::mem::size_of::<RgCompressorVTable>(),
+                std::mem::offset_of!(RgCompressorVTable, create),
+            )),
+            KIND_BATCH_CONTROLLER => Some((
+                std::mem::size_of::<RgControllerVTable>(),
+                std::mem::offset_of!(RgControllerVTable, create),
+            )),
             _ => None, // refused by kind later, with its name
         };
-        if let Some(needed) = vtable_needed {
+        if let Some((needed, first_fn)) = vtable_needed {
             if e.vtable.is_null() {
                 return Err(malformed(format!("`{export_name}`: null function table")));
             }
@@ -198,6 +205,27 @@ pub(super) fn open(path: &Path) -> Result<Tables, PluginError> {
                 return Err(malformed(format!(
                     "`{export_name}`: function table of {vsize} bytes, ABI 1.0 needs {needed}"
                 )));
+            }
+            // The tables hold Rust fn pointers, which may not be null: a C plugin
+            // that leaves a slot empty is refused here, before any copy of the table.
+            let slots = (needed - first_fn) / std::mem::size_of::<usize>();
+            for slot in 0..slots {
+                // SAFETY: the table is at least `needed` bytes (checked above), and
+                // from `first_fn` on it is pointer-aligned pointer slots.
+                let word = unsafe {
+                    e.vtable
+                        .cast::<u8>()
+                        .add(first_fn)
+                        .cast::<usize>()
+                        .add(slot)
+                        .read()
+                };
+                if word == 0 {
+                    return Err(malformed(format!(
+                        "`{export_name}`: function {} of its table is null",
+                        slot + 1
+                    )));
+                }
             }
         }
         exports.push(RawExport {
@@ -376,6 +404,14 @@ fn decode_info(
     let method = u16::try_from(info.method_id)
         .map(MethodId)
         .map_err(|_| format!("method id {} does not fit 16 bits", info.method_id))?;
+    // Below 0x8000 the ids belong to the built-ins: a plugin claiming one would have
+    // its payloads taken for a built-in's.
+    if method.0 < 0x8000 {
+        return Err(format!(
+            "method id {:#06x} is a built-in's; plugin method ids are 0x8000 to 0xffff",
+            method.0
+        ));
+    }
     let element = match info.element {
         ELEMENT_F32 => WireElement::F32,
         ELEMENT_F16 => WireElement::F16,
@@ -656,7 +692,11 @@ impl Compressor for PluginCompressor {
             return Err(self.fail("next_round", status, &captured));
         }
         match round {
-            ROUND_DONE => Ok(Round::Done),
+            ROUND_DONE => {
+                // "Done" sends nothing more: whatever the plugin appended is dropped.
+                out.truncate(start);
+                Ok(Round::Done)
+            }
             ROUND_MORE => {
                 let numel = PayloadHeader::read(&mut WireReader::new(reduced))
                     .map(|h| h.numel as usize)

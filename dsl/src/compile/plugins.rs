@@ -39,11 +39,18 @@ impl<'a> Compiler<'a> {
             return;
         }
         let mut items = directive.items.iter();
-        let Some((path, path_span)) = items.next().and_then(|item| match (&item.name, &item.expr.kind) {
-            (None, ExprKind::Str(path)) => Some((path.clone(), item.expr.span)),
-            _ => None,
-        }) else {
-            let span = directive.items.first().map_or(keyword_span, |i| i.expr.span);
+        let Some((path, path_span)) =
+            items
+                .next()
+                .and_then(|item| match (&item.name, &item.expr.kind) {
+                    (None, ExprKind::Str(path)) => Some((path.clone(), item.expr.span)),
+                    _ => None,
+                })
+        else {
+            let span = directive
+                .items
+                .first()
+                .map_or(keyword_span, |i| i.expr.span);
             self.error(
                 Diagnostic::error(span, "expected the path of a plugin library, in quotes")
                     .with_label("not a path")
@@ -89,12 +96,17 @@ impl<'a> Compiler<'a> {
             .and_then(|plugin| self.plugins.add(plugin));
         if let Err(error) = loaded {
             let span = match (&error, &pin) {
-                (PluginError::ChecksumMismatch { .. } | PluginError::BadPin { .. }, Some((_, s))) => *s,
+                (
+                    PluginError::ChecksumMismatch { .. } | PluginError::BadPin { .. },
+                    Some((_, s)),
+                ) => *s,
                 _ => path_span,
             };
             let d = Diagnostic::error(span, error.to_string()).with_label(match &error {
                 PluginError::NotFound { .. } => "no such file",
-                PluginError::ChecksumMismatch { .. } | PluginError::BadPin { .. } => "checksum refused",
+                PluginError::ChecksumMismatch { .. } | PluginError::BadPin { .. } => {
+                    "checksum refused"
+                }
                 PluginError::NameClash { .. } => "name clash",
                 _ => "cannot load this plugin",
             });

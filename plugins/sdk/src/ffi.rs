@@ -328,6 +328,46 @@ fn compressor_info(c: &dyn Compressor) -> RgCompressorInfo {
     }
 }
 
+/// Check a host struct's leading `size` field: at least the ABI 1.0 size of `T` (the
+/// struct may be longer, from a newer host; only the fields this SDK knows are used).
+///
+/// # Safety
+/// `ptr` is valid for reading its `size` field.
+unsafe fn host_struct_ok<T>(ptr: *const T, what: &str) -> Result<(), Fail> {
+    if ptr.is_null() {
+        return Err(Fail::new(STATUS_ERROR, format!("null {what}")));
+    }
+    // SAFETY: non-null; every sized ABI struct starts with its `size: u32`.
+    let size = unsafe { ptr.cast::<u32>().read() } as usize;
+    let needed = std::mem::size_of::<T>();
+    if size < needed {
+        return Err(Fail::new(
+            STATUS_ERROR,
+            format!("the host's {what} has {size} bytes, ABI 1.0 needs {needed}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Write `value` into the host struct at `ptr` (checked by [`host_struct_ok`]), all
+/// but its `size` field, which stays the host's.
+///
+/// # Safety
+/// `ptr` passed [`host_struct_ok`] and is valid for writing `size_of::<T>()` bytes.
+unsafe fn write_host_struct<T: Copy>(ptr: *mut T, value: &T) {
+    let skip = std::mem::size_of::<u32>();
+    let len = std::mem::size_of::<T>() - skip;
+    // SAFETY: both are valid for `size_of::<T>()` bytes and do not overlap (one is
+    // a local).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (value as *const T).cast::<u8>().add(skip),
+            ptr.cast::<u8>().add(skip),
+            len,
+        );
+    }
+}
+
 /// The step context, converted.
 ///
 /// # Safety
@@ -336,7 +376,9 @@ unsafe fn read_context(
     ctx: *const RgStepContext,
 ) -> Result<(RgStepContext, Vec<(String, f64)>), Fail> {
     // SAFETY: forwarded from the caller.
-    let ctx = *unsafe { ctx.as_ref() }.ok_or_else(|| Fail::new(STATUS_ERROR, "null context"))?;
+    unsafe { host_struct_ok(ctx, "step context") }?;
+    // SAFETY: checked non-null and large enough.
+    let ctx = unsafe { *ctx };
     let mut scheduled = Vec::with_capacity(ctx.scheduled_len);
     if ctx.scheduled_len > 0 {
         if ctx.scheduled.is_null() {
@@ -378,28 +420,11 @@ unsafe extern "C" fn compressor_create(
                 .ok_or_else(|| Fail::new(STATUS_ERROR, "null export data"))?;
             let args = read_args(args, arg_count)?;
             let compressor = (export.build)(&args)?;
-            let out_info = info
-                .as_mut()
-                .ok_or_else(|| Fail::new(STATUS_ERROR, "null info pointer"))?;
+            host_struct_ok(info, "compressor info")?;
             let out_inst = inst
                 .as_mut()
                 .ok_or_else(|| Fail::new(STATUS_ERROR, "null instance slot"))?;
-            // Write only the fields the host's struct has room for.
-            let full = compressor_info(compressor.as_ref());
-            if (out_info.size as usize) < std::mem::size_of::<RgCompressorInfo>() {
-                return Err(Fail::new(
-                    STATUS_ERROR,
-                    format!(
-                        "the host's compressor info has {} bytes, ABI 1.0 needs {}",
-                        out_info.size,
-                        std::mem::size_of::<RgCompressorInfo>()
-                    ),
-                ));
-            }
-            *out_info = RgCompressorInfo {
-                size: out_info.size,
-                ..full
-            };
+            write_host_struct(info, &compressor_info(compressor.as_ref()));
             let boxed = Box::new(CompressorInstance {
                 compressor,
                 scratch: Vec::new(),
@@ -630,18 +655,9 @@ unsafe extern "C" fn controller_observe(
     unsafe {
         guard(err, || {
             let me = instance::<ControllerInstance>(inst)?;
-            let m = *metrics
-                .as_ref()
-                .ok_or_else(|| Fail::new(STATUS_ERROR, "null metrics"))?;
-            if (m.size as usize) < std::mem::size_of::<RgBatchMetrics>() {
-                return Err(Fail::new(
-                    STATUS_ERROR,
-                    "the host's metrics struct is too small",
-                ));
-            }
-            let out = decision
-                .as_mut()
-                .ok_or_else(|| Fail::new(STATUS_ERROR, "null decision pointer"))?;
+            host_struct_ok(metrics, "batch metrics")?;
+            host_struct_ok(decision, "batch decision")?;
+            let m = *metrics;
             let observed = BatchMetrics {
                 step: m.step,
                 samples: m.samples,
@@ -654,8 +670,12 @@ unsafe extern "C" fn controller_observe(
                 lr: measured(m.lr),
             };
             let next = me.controller.observe(&observed)?;
-            out.batch = next.batch;
-            out.lr_scale = next.lr_scale.unwrap_or(f64::NAN);
+            let answer = RgBatchDecision {
+                batch: next.batch,
+                lr_scale: next.lr_scale.unwrap_or(f64::NAN),
+                ..*decision
+            };
+            write_host_struct(decision, &answer);
             Ok(())
         })
     }

@@ -24,7 +24,13 @@
 
 #include "regimen_plugin.h"
 
+/* Test variants, built by core/tests/plugin_c.rs to check that the host refuses
+ * them: a built-in's method id, and a function table with an empty slot. */
+#ifdef RG_TEST_BUILTIN_ID
+#define C_IDENTITY_METHOD 0x0004u
+#else
 #define C_IDENTITY_METHOD 0x8C01u
+#endif
 
 /* ---- Small helpers -------------------------------------------------------- */
 
@@ -299,7 +305,11 @@ static RgStatus identity_load_state(void *inst, const uint8_t *state, size_t sta
 
 static const RgCompressorVTable IDENTITY_VTABLE = {
     sizeof(RgCompressorVTable), identity_create,     identity_destroy,
+#ifdef RG_TEST_NULL_SLOT
+    identity_compress,          NULL,                identity_decompress_add,
+#else
     identity_compress,          identity_next_round, identity_decompress_add,
+#endif
     identity_save_state,        identity_load_state,
 };
 

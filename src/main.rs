@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod bench_compress;
+mod plugin_cli;
 // `run` and `compare` (issue 7).
 mod run_cli;
 
@@ -28,6 +29,7 @@ Examples:
   regimen bench-compress --elements 1M
   regimen run examples/digits.regimen
   regimen compare examples/digits.regimen examples/digits_topk_ef.regimen --seeds 3
+  regimen plugin inspect target/release/libregimen_natural.so
 
 Exit status: 0 on success, 1 when a script has errors or a command fails,
 2 on a command-line usage error.";
@@ -151,6 +153,10 @@ enum Command {
                             regimen compare examples/digits_*.regimen --seeds 2 --epochs 5 --plot runs/all.svg"
     )]
     Compare(run_cli::CompareArgs),
+    /// Work with plugin libraries (compressors and batch controllers built against
+    /// the `regimen-plugin` SDK).
+    #[command(subcommand)]
+    Plugin(plugin_cli::PluginCommand),
 }
 
 /// Settings a script may leave to the command line.
@@ -313,6 +319,7 @@ fn main() -> ExitCode {
         Command::BenchCompress(args) => bench_compress::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_cli::run(&args),
         Command::Compare(args) => run_cli::compare(&args),
+        Command::Plugin(command) => plugin_cli::run(&command),
     };
     match result {
         Ok(code) => code,

@@ -1,28 +1,20 @@
 //! The `regimen` binary, run as a user runs it: exit codes, stdout, stderr, files.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::{path_str, regimen, root};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Run `regimen ARGS` from the workspace root.
-fn regimen(args: &[&str]) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_regimen"))
-        .args(args)
-        .current_dir(root())
-        .output()
-}
-
 fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    common::text(&output.stdout)
 }
 
 fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    common::text(&output.stderr)
 }
 
 fn example_paths() -> Result<Vec<String>, std::io::Error> {
@@ -44,11 +36,6 @@ fn script(dir: &tempfile::TempDir, name: &str, text: &str) -> Result<PathBuf, st
     let path = dir.path().join(name);
     std::fs::write(&path, text)?;
     Ok(path)
-}
-
-fn path_str(path: &Path) -> Result<&str, String> {
-    path.to_str()
-        .ok_or_else(|| format!("non-UTF-8 path {}", path.display()))
 }
 
 // ---------------------------------------------------------------- check

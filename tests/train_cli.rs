@@ -1,31 +1,14 @@
 //! `regimen run` and `regimen compare` as a user runs them: the table, the output
 //! files, Ctrl-C and `--resume`, usage errors.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
+
+use common::{path_str, regimen, root, text};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn regimen(args: &[&str]) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_regimen"))
-        .args(args)
-        .current_dir(root())
-        .output()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn path_str(path: &Path) -> Result<&str, String> {
-    path.to_str()
-        .ok_or_else(|| format!("non-UTF-8 path {}", path.display()))
-}
 
 #[test]
 fn run_prints_epochs_and_writes_its_outputs() -> TestResult {

@@ -1,0 +1,29 @@
+//! Helpers the CLI test binaries share: run the built `regimen`, read its output.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The repository root (the tests run the CLI from there, as the README does).
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run the built `regimen` with `args` from the repository root.
+pub fn regimen(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_regimen"))
+        .args(args)
+        .current_dir(root())
+        .output()
+}
+
+/// Output bytes as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A path as `&str`, for command lines.
+pub fn path_str(path: &Path) -> Result<&str, String> {
+    path.to_str()
+        .ok_or_else(|| format!("non-UTF-8 path {}", path.display()))
+}

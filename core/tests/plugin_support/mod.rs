@@ -1,7 +1,8 @@
 //! Builds the workspace's plugin crates (`cargo build -p …`, once per test binary)
 //! and says where their shared libraries are. The build goes to its own target
 //! directory beside the tests' (`<target>/plugin-tests`), so it never waits on the
-//! lock of the `cargo test` that runs us, and works from a clean checkout.
+//! lock of the `cargo test` that runs us, and works from a clean checkout. An
+//! optimized caller (`cargo bench`) gets release builds of the plugins.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,13 @@ pub fn plugin_dir() -> &'static Path {
         for name in CRATES {
             command.arg("-p").arg(name);
         }
+        // A benchmark (optimized) loads optimized plugins; a test, debug ones.
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            command.arg("--release");
+            "release"
+        };
         // The outer build's flags would make cargo rebuild everything each time.
         command
             .env_remove("RUSTFLAGS")
@@ -64,7 +72,7 @@ pub fn plugin_dir() -> &'static Path {
             "building the plugin crates failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        target.join("debug")
+        target.join(profile)
     })
 }
 

@@ -54,12 +54,15 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
+/// Median (compress, decompress) times of each of two compressors.
+type Timings = [(Duration, Duration); 2];
+
 /// Median compress and decompress times of `compressor` and `other`, alternating.
 fn measure(
     compressors: [&mut dyn Compressor; 2],
     data: &[f32],
     repeats: usize,
-) -> Result<([(Duration, Duration); 2], usize), Box<dyn Error>> {
+) -> Result<(Timings, usize), Box<dyn Error>> {
     let shape = [data.len()];
     let view = TensorView {
         name: "w",

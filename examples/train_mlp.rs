@@ -57,6 +57,7 @@ fn run(script_path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let options = CompileOptions {
         steps_per_epoch: Some(steps_per_epoch as f64),
         batch_size: Some(BATCH as f64),
+        ..CompileOptions::default()
     };
     let script = Script::from_file_with(script_path, &options)?;
     if let Some(warnings) = script.warnings() {

@@ -257,3 +257,79 @@ fn regimen_run_trains_the_digits_with_a_plugin_compressor() {
     let accuracy = summary["final_test_accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.7, "far above the 10% of chance: {accuracy}");
 }
+
+#[test]
+fn the_readme_plugin_is_the_tested_crate_and_works_from_a_script() {
+    let source =
+        std::fs::read_to_string(common::root().join("plugins/tests/readme-plugin/src/lib.rs"))
+            .unwrap();
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("```rust\n{source}```")),
+        "README shows the crate verbatim"
+    );
+    assert!(source.lines().count() <= 40);
+
+    let library = plugin_support::library("regimen-readme-plugin");
+    let plugin = regimen::core::loader::Plugin::load(&library, None).unwrap();
+    regimen::core::plugin::conformance::check_compressor(|| {
+        Box::new(
+            plugin
+                .compressor("clipped", &regimen::core::plugin::Args::new())
+                .unwrap(),
+        )
+    })
+    .unwrap();
+
+    let (dir, _) = folder_with("regimen-readme-plugin", "libclipped.so");
+    let script = write(
+        dir.path(),
+        "clipped.regimen",
+        "plugin \"libclipped.so\"\nlr = 0.5\nhorizon 30 steps\ncompress clipped(max: 0.05)\n",
+    );
+    let text_of = std::fs::read_to_string(&script).unwrap();
+    let problem = ProblemOptions::new(ProblemKind::Logistic).with_workers(2);
+    let trace = trace_problem_source(
+        path_str(&script).unwrap(),
+        &text_of,
+        &TraceOptions::default(),
+        &problem,
+    )
+    .unwrap();
+    let loss = trace.column("loss").unwrap();
+    assert!(loss[29] < loss[0], "{loss:?}");
+    // Dense f32 plus the header: a little more than the dense bytes.
+    let ratio = trace.column("compress.bytes_ratio").unwrap();
+    assert!(ratio.iter().all(|&r| r < 1.0 && r > 0.5), "{ratio:?}");
+
+    let stderr = check_bad(
+        &dir.path().join("libclipped.so"),
+        "compress clipped(max: -1)",
+        "",
+    );
+    assert!(
+        stderr.contains("bad.regimen:3:18"),
+        "on the argument: {stderr}"
+    );
+    assert!(stderr.contains("must be above 0"), "{stderr}");
+    // Names and kinds are checked by the host against the declared schema.
+    let stderr = check_bad(
+        &dir.path().join("libclipped.so"),
+        "compress clipped(maxx: 1)",
+        "",
+    );
+    assert!(
+        stderr.contains("`clipped` has no argument `maxx`; it takes `max`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.regimen:3:18"), "{stderr}");
+    let stderr = check_bad(
+        &dir.path().join("libclipped.so"),
+        "compress clipped(max: \"big\")",
+        "",
+    );
+    assert!(
+        stderr.contains("`clipped` expects a number for `max`, not a string"),
+        "{stderr}"
+    );
+}

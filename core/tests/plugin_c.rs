@@ -432,9 +432,10 @@ fn the_c_plugin_reports_errors_through_the_abi() {
     };
     assert_eq!(name, "c_identity");
     assert_eq!(refusal.argument.as_deref(), Some("bogus"));
+    // The host checks names against the declared schema before the plugin sees them.
     assert_eq!(
         refusal.message,
-        "unknown argument; c_identity takes only `error_feedback`"
+        "`c_identity` has no argument `bogus`; it takes `error_feedback`"
     );
 
     let error = plugin

@@ -182,12 +182,25 @@ fn argument_refusals_keep_the_argument_name() {
     else {
         panic!()
     };
+    // Names and kinds are the host's to check, against the declared schema.
     assert_eq!(arg.argument.as_deref(), Some("strength"));
-    assert!(
-        arg.message.starts_with("is not a parameter"),
-        "{}",
-        arg.message
+    assert_eq!(
+        arg.message,
+        "`bad` has no argument `strength`; it takes `mode`, `at_step`"
     );
+    let wrong_kind = Args::new().with("at_step", ArgValue::Text("soon".into()));
+    let PluginError::Args { error: arg, .. } = plugin.compressor("bad", &wrong_kind).unwrap_err()
+    else {
+        panic!()
+    };
+    assert_eq!(arg.argument.as_deref(), Some("at_step"));
+    assert_eq!(
+        arg.message,
+        "`bad` expects a number for `at_step`, not a string"
+    );
+    // A compressor always takes the host's `error_feedback` switch.
+    let switch = Args::new().with("error_feedback", ArgValue::Bool(true));
+    assert!(plugin.compressor("bad", &switch).is_ok());
 }
 
 #[test]

@@ -107,6 +107,7 @@ fn command_line_options_override_the_script() {
     let options = CompileOptions {
         steps_per_epoch: Some(4.0),
         batch_size: None,
+        ..CompileOptions::default()
     };
     let c = compiled_with(
         "epoch = 10 steps\nlr = step(1, every: 1 epoch, factor: 0.5)",

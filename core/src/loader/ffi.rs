@@ -43,6 +43,59 @@ unsafe impl Send for RawExport {}
 // SAFETY: as for `Send`; nothing is written through them.
 unsafe impl Sync for RawExport {}
 
+/// The script's arguments against the export's declared schema, before the plugin
+/// sees them: every name declared (a compressor also takes the host's
+/// `error_feedback` switch), every value of the declared kind, every required one
+/// given. Plugins still check values; names and kinds are the host's job, with the
+/// same messages for every plugin.
+fn check_args(raw: &RawExport, args: &Args, compressor: bool) -> Result<(), ArgError> {
+    let export = &raw.name;
+    for name in args.names() {
+        if compressor && name == "error_feedback" {
+            continue;
+        }
+        let Some(param) = raw.params.iter().find(|p| p.name == name) else {
+            let known: Vec<String> = raw.params.iter().map(|p| format!("`{}`", p.name)).collect();
+            let takes = if known.is_empty() {
+                "it takes none".to_owned()
+            } else {
+                format!("it takes {}", known.join(", "))
+            };
+            return Err(ArgError::new(
+                name,
+                format!("`{export}` has no argument `{name}`; {takes}"),
+            ));
+        };
+        let given = match args.get(name) {
+            Some(ArgValue::Number(_)) => ParamKind::Number,
+            Some(ArgValue::Text(_)) => ParamKind::Text,
+            Some(ArgValue::Bool(_)) => ParamKind::Bool,
+            None => continue,
+        };
+        if given != param.kind {
+            return Err(ArgError::new(
+                name,
+                format!(
+                    "`{export}` expects a {} for `{name}`, not a {}",
+                    param.kind.name(),
+                    given.name()
+                ),
+            ));
+        }
+    }
+    if let Some(missing) = raw
+        .params
+        .iter()
+        .find(|p| p.default.is_none() && args.get(&p.name).is_none())
+    {
+        return Err(ArgError {
+            argument: None,
+            message: format!("`{export}` needs the argument `{}`", missing.name),
+        });
+    }
+    Ok(())
+}
+
 /// What a library's entry point returned.
 pub(super) struct Tables {
     pub abi_major: u32,
@@ -453,6 +506,7 @@ impl PluginCompressor {
             return Err(whole("no such export".into()));
         };
         let name = raw.name.clone();
+        check_args(raw, args, true)?;
         // SAFETY: checked at load: non-null, kind compressor, size covers the table.
         let vtable = unsafe { *raw.vtable.cast::<RgCompressorVTable>() };
         let list = raw_args(args);
@@ -830,6 +884,7 @@ impl PluginController {
             return Err(whole("no such export".into()));
         };
         let name = raw.name.clone();
+        check_args(raw, args, false)?;
         // SAFETY: checked at load: non-null, kind controller, size covers the table.
         let vtable = unsafe { *raw.vtable.cast::<RgControllerVTable>() };
         let list = raw_args(args);

@@ -15,6 +15,7 @@ pub const CRATES: &[&str] = &[
     "regimen-adabatch",
     "regimen-bad-plugin",
     "regimen-no-entry",
+    "regimen-readme-plugin",
 ];
 
 /// The workspace's `Cargo.toml` (this file is included by test binaries of `core/`

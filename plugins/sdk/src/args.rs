@@ -47,6 +47,16 @@ pub struct ArgError {
     pub message: String,
 }
 
+impl ArgError {
+    /// A refusal of the argument `argument` (shown on its span in the script).
+    pub fn new(argument: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            argument: Some(argument.into()),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for ArgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.argument {

@@ -56,3 +56,23 @@ fn adabatch_through_the_abi_decides_like_in_process() {
         "{error}"
     );
 }
+
+#[test]
+fn adabatch_passes_the_controller_conformance_suite_in_process_and_through_the_abi() {
+    use regimen_core::plugin::conformance::check_controller;
+    let args = Args::new()
+        .with("every", ArgValue::Number(1.0))
+        .with("factor", ArgValue::Number(2.0))
+        .with("max", ArgValue::Number(512.0));
+    check_controller(
+        || Box::new(regimen_adabatch::AdaBatch::new(&args).unwrap()),
+        32,
+    )
+    .unwrap();
+    let plugin = Plugin::load(&plugin_support::library("regimen-adabatch"), None).unwrap();
+    check_controller(
+        || Box::new(plugin.controller("adabatch", &args).unwrap()),
+        32,
+    )
+    .unwrap();
+}

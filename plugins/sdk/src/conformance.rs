@@ -1,5 +1,6 @@
-//! The conformance suite every compressor must pass, built-in or plugin: a compressor
-//! author calls [`check_compressor`] from a test with a factory for their method.
+//! The conformance suites every compressor and every batch controller must pass,
+//! built-in or plugin: an author calls [`check_compressor`] (or [`check_controller`])
+//! from a test with a factory for their method.
 //!
 //! It drives the compressor exactly as the host does (see [`crate::compress`]) for
 //! one and several simulated workers, and checks the rules of the interface:
@@ -16,6 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use half::{bf16, f16};
 
+use crate::batch::{BatchController, BatchDecision, BatchMetrics};
 use crate::compress::{Aggregation, Compressor, Round, StepContext, TensorView, WireElement};
 use crate::wire::{PayloadHeader, WireReader};
 
@@ -97,6 +99,140 @@ fn guarded(
             Err(fail(name, format!("panicked: {text}")))
         }
     }
+}
+
+/// Steps of the batch-controller scenario (several epochs at any sane batch).
+const CONTROLLER_STEPS: u64 = 240;
+/// The scenario's dataset size.
+const CONTROLLER_EPOCH: u64 = 1_000;
+/// Steps after which [`check_controller`] saves and restores state.
+const CONTROLLER_SAVE_AT: [u64; 3] = [0, 37, 151];
+
+/// Run the batch-controller suite on controllers made by `make` (every instance
+/// configured identically), starting from batch `initial`: over a 240-step scenario
+/// (a falling loss, plausible gradient statistics, samples advancing by the batch the
+/// controller chose) every answer is a batch of at least 1 with a finite, positive lr
+/// scale if any; two fresh instances answer bit for bit alike; state saved after a
+/// step and loaded into a fresh instance continues with the same answers; and garbage
+/// state is refused or accepted, never a panic.
+pub fn check_controller(
+    mut make: impl FnMut() -> Box<dyn BatchController>,
+    initial: u64,
+) -> Result<(), ConformanceFailure> {
+    let fail = |check: &'static str, message: String| ConformanceFailure {
+        check,
+        case: format!("batch controller from batch {initial}"),
+        message,
+    };
+    let mut reference = Vec::new();
+    guarded(&fail, "answers", || {
+        reference = controller_run(make().as_mut(), initial, 0, 0, None)?.decisions;
+        Ok(())
+    })?;
+    guarded(&fail, "determinism", || {
+        let again = controller_run(make().as_mut(), initial, 0, 0, None)?;
+        same_decisions(&reference, &again.decisions, 0)
+    })?;
+    for at in CONTROLLER_SAVE_AT {
+        guarded(&fail, "state", || {
+            let mut first = make();
+            let head = controller_run(first.as_mut(), initial, 0, 0, Some(at + 1))?;
+            let mut state = Vec::new();
+            first
+                .save_state(&mut state)
+                .map_err(|e| format!("save_state: {e}"))?;
+            let mut second = make();
+            second
+                .load_state(&state)
+                .map_err(|e| format!("load_state of its own state: {e}"))?;
+            let resume_batch = head.decisions.last().map_or(initial, |d| d.batch);
+            let tail = controller_run(second.as_mut(), resume_batch, head.samples, at + 1, None)
+                .map_err(|e| format!("after restoring the state of step {at}: {e}"))?;
+            same_decisions(&reference, &head.decisions, 0)?;
+            same_decisions(&reference, &tail.decisions, at as usize + 1)
+        })?;
+    }
+    guarded(&fail, "garbage state", || {
+        for garbage in [&[0xFFu8; 3][..], &[0u8; 1][..], &[7u8; 64][..]] {
+            // Refusing is right, accepting is allowed; a panic fails the check.
+            let _ = make().load_state(garbage);
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Metrics the scenario reports after step `step` with batch `batch`, `samples` seen.
+fn scenario_metrics(step: u64, samples: u64, batch: u64) -> BatchMetrics {
+    let progress = samples as f64 / CONTROLLER_EPOCH as f64;
+    let grad_sq = 4.0 * (-0.5 * progress).exp();
+    BatchMetrics {
+        samples_per_epoch: Some(CONTROLLER_EPOCH),
+        loss: Some(2.3 * (-0.3 * progress).exp() + 0.05),
+        grad_norm: Some((grad_sq + 50.0 / batch as f64).sqrt()),
+        grad_sq_estimate: Some(grad_sq),
+        grad_variance: Some(50.0),
+        lr: Some(0.1),
+        ..BatchMetrics::new(step, samples, batch)
+    }
+}
+
+/// One stretch of the scenario.
+struct Stretch {
+    decisions: Vec<BatchDecision>,
+    /// Samples seen after the stretch's last step.
+    samples: u64,
+}
+
+/// Drive `controller` from step `from` (run with `batch`, `samples` seen before it)
+/// up to `until` (exclusive; default the scenario's end).
+fn controller_run(
+    controller: &mut dyn BatchController,
+    batch: u64,
+    samples: u64,
+    from: u64,
+    until: Option<u64>,
+) -> Result<Stretch, String> {
+    let mut decisions = Vec::new();
+    let (mut batch, mut samples) = (batch, samples);
+    for step in from..until.unwrap_or(CONTROLLER_STEPS) {
+        samples += batch;
+        let decision = controller
+            .observe(&scenario_metrics(step, samples, batch))
+            .map_err(|e| format!("observe at step {step}: {e}"))?;
+        if decision.batch == 0 {
+            return Err(format!("step {step}: answered a batch of 0"));
+        }
+        if let Some(scale) = decision.lr_scale {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(format!("step {step}: answered the lr scale {scale}"));
+            }
+        }
+        batch = decision.batch;
+        decisions.push(decision);
+    }
+    Ok(Stretch { decisions, samples })
+}
+
+/// `got` equals `reference[offset..]` bit for bit.
+fn same_decisions(
+    reference: &[BatchDecision],
+    got: &[BatchDecision],
+    offset: usize,
+) -> Result<(), String> {
+    for (i, decision) in got.iter().enumerate() {
+        let Some(expected) = reference.get(offset + i) else {
+            return Err(format!("step {}: an answer past the scenario", offset + i));
+        };
+        let bits = |d: &BatchDecision| (d.batch, d.lr_scale.map(f64::to_bits));
+        if bits(expected) != bits(decision) {
+            return Err(format!(
+                "step {}: answered {decision:?}, but {expected:?} the first time",
+                offset + i
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A deterministic fixture gradient for `worker` at `step`: smooth values of mixed
@@ -426,6 +562,7 @@ fn check_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::ControllerError;
     use crate::compress::CompressError;
     use crate::wire::MethodId;
 
@@ -508,5 +645,85 @@ mod tests {
             .collect();
         let sum = reduce(&payloads, header, WireElement::F16).unwrap();
         assert_eq!(f16::from_le_bytes([sum[0], sum[1]]).to_f32(), 2048.0);
+    }
+
+    /// Doubles the batch every `every` steps (counting the steps it observed); with
+    /// `forget`, its state is empty, so a restored instance starts counting again.
+    struct Doubling {
+        seen: u64,
+        every: u64,
+        forget: bool,
+    }
+
+    impl BatchController for Doubling {
+        fn name(&self) -> &str {
+            "doubling"
+        }
+        fn observe(&mut self, m: &BatchMetrics) -> Result<BatchDecision, ControllerError> {
+            self.seen += 1;
+            let grow = self.seen % self.every == 0;
+            Ok(BatchDecision {
+                batch: if grow {
+                    (m.batch * 2).min(4096)
+                } else {
+                    m.batch
+                },
+                lr_scale: Some(m.batch as f64 / 32.0),
+            })
+        }
+        fn save_state(&self, out: &mut Vec<u8>) -> Result<(), ControllerError> {
+            if !self.forget {
+                out.extend_from_slice(&self.seen.to_le_bytes());
+            }
+            Ok(())
+        }
+        fn load_state(&mut self, state: &[u8]) -> Result<(), ControllerError> {
+            match <[u8; 8]>::try_from(state) {
+                Ok(bytes) => self.seen = u64::from_le_bytes(bytes),
+                Err(_) if state.is_empty() => {}
+                Err(_) => return Err(ControllerError::State("8 bytes expected".into())),
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_careful_controller_passes() {
+        let make = || {
+            Box::new(Doubling {
+                seen: 0,
+                every: 10,
+                forget: false,
+            }) as Box<dyn BatchController>
+        };
+        check_controller(make, 32).unwrap();
+    }
+
+    #[test]
+    fn a_controller_that_forgets_its_state_fails_the_state_check() {
+        let make = || {
+            Box::new(Doubling {
+                seen: 0,
+                every: 10,
+                forget: true,
+            }) as Box<dyn BatchController>
+        };
+        let failure = check_controller(make, 32).unwrap_err();
+        assert_eq!(failure.check, "state");
+        assert!(failure.message.contains("the first time"), "{failure}");
+    }
+
+    #[test]
+    fn a_controller_answering_zero_fails() {
+        let make = || {
+            Box::new(Doubling {
+                seen: 0,
+                every: 10,
+                forget: false,
+            }) as Box<dyn BatchController>
+        };
+        let failure = check_controller(make, 0).unwrap_err();
+        assert_eq!(failure.check, "answers");
+        assert!(failure.message.contains("a batch of 0"), "{failure}");
     }
 }

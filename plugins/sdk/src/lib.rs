@@ -7,7 +7,8 @@
 //!   compressors implement;
 //! - [`wire`]: the versioned little-endian payload format compressors write, and a
 //!   bounds-checked reader for decoding untrusted payloads;
-//! - [`conformance`]: the checks every compressor must pass, for authors' own tests.
+//! - [`conformance`]: the checks every compressor and batch controller must pass, for
+//!   authors' own tests.
 //!
 //! - [`batch`]: the [`BatchController`] trait batch-size controllers implement;
 //! - [`export`] and [`export_plugin!`]: how a `cdylib` crate exports its compressors

@@ -28,7 +28,7 @@ done
 
 field() { sed -n "s/^  \"$2\": \(.*\),\?$/\1/p" "$1/summary.json" | tr -d ','; }
 
-printf '%-34s %5s %-9s %12s %14s %14s %9s\n' workload ranks method "ms/step" "wire B/step" "dense B/step" accuracy
+printf '%-40s %5s %-9s %12s %14s %14s %9s\n' workload ranks method "ms/step" "wire B/step" "dense B/step" accuracy
 run() { # workload ranks method extra-args…
     local workload=$1 ranks=$2 method=$3; shift 3
     local out="$work/out-$workload-$ranks-$method"
@@ -40,7 +40,7 @@ run() { # workload ranks method extra-args…
     acc=$(field "$out" final_test_accuracy)
     awk -v w="$workload" -v r="$ranks" -v m="$method" -v n="$steps" -v s="$seconds" \
         -v b="$wire" -v d="$dense" -v a="$acc" 'BEGIN {
-        printf "%-34s %5d %-9s %12.2f %14.0f %14.0f %8.2f%%\n", w, r, m, 1000*s/n, b/n, d/n, 100*a }'
+        printf "%-40s %5d %-9s %12.2f %14.0f %14.0f %8.2f%%\n", w, r, m, 1000*s/n, b/n, d/n, 100*a }'
 }
 for ranks in 1 2 4; do
     for method in none topk powersgd onebit; do

@@ -189,6 +189,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.dist == "mpi" {
         return run_mpi(args);
     }
+    // Under `mpirun` without `--dist mpi`, every process would train the whole run
+    // alone into the same directory.
+    if std::env::var("OMPI_COMM_WORLD_SIZE").is_ok_and(|n| n != "1") {
+        eprintln!(
+            "warning: started by mpirun without `--dist mpi`: every process trains on its own"
+        );
+    }
     run_on(args, None)
 }
 

@@ -255,3 +255,16 @@ fn diverged_ranks_are_an_error() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_global_batch_that_the_ranks_cannot_share_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let output = mpirun(4, dir.path(), &["--batch-size", "30"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("the global batch of 30 is not a multiple of the 4 ranks"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -78,6 +78,26 @@ pub struct RunArgs {
     /// No progress bar (the per-epoch table is still printed).
     #[arg(long)]
     quiet: bool,
+    /// How the workers exchange gradients: `threads` (simulated workers in this
+    /// process, `--workers N`) or `mpi` (one rank per process under `mpirun`; needs a
+    /// build with `--features mpi`).
+    #[arg(long, value_name = "KIND", default_value = "threads", value_parser = ["threads", "mpi"])]
+    dist: String,
+    /// Distributed runs: compare the ranks' parameter checksums every N steps.
+    #[arg(long, value_name = "N", default_value_t = train::DEFAULT_CHECK_EVERY, value_parser = clap::value_parser!(u64).range(1..))]
+    check_every: u64,
+    /// Stop (with a checkpoint, as Ctrl-C does) after this many steps in total.
+    #[arg(long, value_name = "N", hide = true)]
+    stop_after: Option<u64>,
+    /// Fault injection (tests): the step at which `--fail-rank` fails.
+    #[arg(long, value_name = "K", hide = true)]
+    fail_at_step: Option<u64>,
+    /// Fault injection: the rank that fails.
+    #[arg(long, value_name = "R", default_value_t = 0, hide = true)]
+    fail_rank: usize,
+    /// Fault injection: `error`, `die` or `diverge`.
+    #[arg(long, value_name = "HOW", default_value = "error", hide = true)]
+    fail_mode: String,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +191,53 @@ pub fn human_bytes(bytes: f64) -> String {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if args.dist == "mpi" {
+        return run_mpi(args);
+    }
+    // Under `mpirun` without `--dist mpi`, every process would train the whole run
+    // alone into the same directory.
+    if std::env::var("OMPI_COMM_WORLD_SIZE").is_ok_and(|n| n != "1") {
+        eprintln!(
+            "warning: started by mpirun without `--dist mpi`: every process trains on its own"
+        );
+    }
+    run_on(args, None)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn run_mpi(_args: &RunArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "`--dist mpi` needs a regimen built with MPI support: install OpenMPI and libclang \
+         (Debian: `apt-get install libopenmpi-dev openmpi-bin libclang-dev`), rebuild with \
+         `cargo build --release --features mpi`, and launch with `mpirun -np N regimen run … --dist mpi`"
+    )
+}
+
+/// One rank of an MPI job: any error ends the whole job through rank 0 (never a hang).
+#[cfg(feature = "mpi")]
+fn run_mpi(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    use regimen::core::comm::mpi::{MpiSession, FAILURE_EXIT_CODE};
+    let session = MpiSession::init()?;
+    let communicator = Box::new(session.communicator());
+    match run_on(args, Some(communicator)) {
+        Ok(code) => Ok(code),
+        Err(error) => session.fail(&format!("{error:#}"), FAILURE_EXIT_CODE),
+    }
+}
+
+fn run_on(
+    args: &RunArgs,
+    communicator: Option<Box<dyn regimen::Communicator>>,
+) -> anyhow::Result<ExitCode> {
+    let rank = communicator.as_ref().map_or(0, |c| c.rank());
+    let fault = match args.fail_at_step {
+        Some(step) => Some(train::Fault {
+            rank: args.fail_rank,
+            step,
+            kind: train::FaultKind::parse(&args.fail_mode)?,
+        }),
+        None => None,
+    };
     let interrupt = interrupt_flag()?;
     let out = match &args.out {
         Some(out) => out.clone(),
@@ -185,9 +252,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
         out: Some(out.clone()),
         resume: args.resume,
+        check_every: args.check_every,
+        stop_after: args.stop_after,
+        fault,
         ..args.train.options(args.seed)
     };
-    let bar = progress_bar(args.quiet);
+    // Only rank 0 of a distributed job reports.
+    let bar = progress_bar(args.quiet || rank != 0);
     let mut observer = |event: RunEvent<'_>| match event {
         RunEvent::Started {
             start_step,
@@ -238,9 +309,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         RunEvent::Epoch(summary) => bar.suspend(|| println!("{}", epoch_line(summary))),
     };
-    let outcome = regimen::train::run(&args.script, &options, &interrupt, &mut observer)?;
+    let outcome = match communicator {
+        Some(communicator) => regimen::train::run_distributed(
+            &args.script,
+            &options,
+            &interrupt,
+            &mut observer,
+            communicator,
+        )?,
+        None => regimen::train::run(&args.script, &options, &interrupt, &mut observer)?,
+    };
     bar.finish_and_clear();
     let s = &outcome.summary;
+    // Only rank 0 knows the whole run's rows (and so whether it was stopped); its
+    // exit code is the job's.
+    if outcome.rank != 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "\n{} steps in {:.1} s: test accuracy {:.2}% (best {:.2}%), {} of gradients sent (dense f32 / sent = {:.1}×), {} skipped steps",
         s.steps_done - s.resumed_at_step,
@@ -251,6 +336,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         s.compression_ratio,
         s.skipped_steps
     );
+    if s.workers > 1 {
+        println!(
+            "on the wire (rank 0): {} sent, a dense f32 allreduce would send {}",
+            human_bytes(s.wire_bytes_sent as f64),
+            human_bytes(s.wire_bytes_dense as f64)
+        );
+    }
     if s.interrupted {
         println!(
             "stopped at step {} of {}: continue with `regimen run {} --out {} --resume`",

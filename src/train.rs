@@ -13,6 +13,17 @@
 //! the run (the stepper's step) is all the loop state there is: a checkpoint of the
 //! stepper plus the rows already written to `trace.csv` continue a run exactly as if
 //! it had never stopped.
+//!
+//! # Distributed runs
+//!
+//! [`run_distributed`] is the same loop with one worker per process and the caller's
+//! communicator (MPI under `mpirun`): every rank computes its shard of the same
+//! shuffled order, rank 0's initial weights are broadcast, only rank 0 writes
+//! outputs and reports progress, every rank saves its own checkpoint (its
+//! error-feedback memory), and every [`RunOptions::check_every`] steps the ranks
+//! exchange a checksum of their parameters (with their interrupt flags), so a
+//! divergence is an error, not a silent drift, and an interrupt stops every rank at
+//! the same step.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +33,8 @@ use regimen_core::data::{DataError, Dataset, Split, TeacherSpec};
 use regimen_core::nn::{Evaluation, Mlp, ModelError};
 use regimen_core::problem::{Buffers, SplitMix64};
 use serde::{Deserialize, Serialize};
+
+use regimen_core::comm::ring_allreduce_traffic;
 
 use crate::{
     Communicator, Error, NdArrayBackend, Script, SingleProcess, StepReport, StepperOptions,
@@ -83,6 +96,24 @@ pub enum TrainError {
     /// Drawing the report failed.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
+    /// The ranks of a distributed run no longer hold the same parameters.
+    #[error("the ranks diverged: after step {step} the parameters of rank(s) {ranks:?} differ from rank 0's (checksums {checksums:016x?})")]
+    Diverged {
+        /// Steps done when the check ran.
+        step: u64,
+        /// The ranks that differ from rank 0.
+        ranks: Vec<usize>,
+        /// Every rank's checksum, in rank order.
+        checksums: Vec<u64>,
+    },
+    /// A [`Fault`] of kind [`FaultKind::Error`] fired.
+    #[error("injected fault: rank {rank} fails at step {step}")]
+    Fault {
+        /// The rank.
+        rank: usize,
+        /// The step.
+        step: u64,
+    },
 }
 
 /// Which data set to train on.
@@ -180,7 +211,54 @@ pub struct RunOptions {
     /// Folders a relative `plugin "…"` path is looked up in after the script's own
     /// folder (`--plugin-path`).
     pub plugin_path: Vec<PathBuf>,
+    /// In a distributed run, the ranks compare a checksum of their parameters (and
+    /// agree on stopping) after every this many steps, at every epoch's end and at the
+    /// last step.
+    pub check_every: u64,
+    /// Make one rank fail on purpose (tests of failure handling).
+    pub fault: Option<Fault>,
 }
+
+/// A deliberate failure of one rank at one step, to test that a distributed job ends
+/// with a clear message instead of hanging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The rank that fails.
+    pub rank: usize,
+    /// The step (0-based) at which it fails, before computing its gradient.
+    pub step: u64,
+    /// How.
+    pub kind: FaultKind,
+}
+
+/// How a [`Fault`] fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The run returns an error on that rank.
+    Error,
+    /// The process dies at once (`abort`), as a crash would.
+    Die,
+    /// The rank's parameters are nudged after the step, so the ranks diverge (what the
+    /// checksum must catch; the check runs after that step).
+    Diverge,
+}
+
+impl FaultKind {
+    /// `error`, `die` or `diverge`.
+    pub fn parse(text: &str) -> Result<Self, TrainError> {
+        match text {
+            "error" => Ok(Self::Error),
+            "die" => Ok(Self::Die),
+            "diverge" => Ok(Self::Diverge),
+            _ => Err(TrainError::Config(format!(
+                "unknown fault `{text}`: the faults are `error`, `die` and `diverge`"
+            ))),
+        }
+    }
+}
+
+/// Steps between parameter checksums of a distributed run by default.
+pub const DEFAULT_CHECK_EVERY: u64 = 10;
 
 impl Default for RunOptions {
     /// Digits, default model, the script's horizon and batch, seed 0, one worker, no
@@ -198,6 +276,8 @@ impl Default for RunOptions {
             resume: false,
             stop_after: None,
             plugin_path: Vec::new(),
+            check_every: DEFAULT_CHECK_EVERY,
+            fault: None,
         }
     }
 }
@@ -313,8 +393,11 @@ pub struct RunSummary {
     pub bytes_dense: u64,
     /// `bytes_dense / bytes_sent`.
     pub compression_ratio: f64,
-    /// Bytes worker 0's communicator moved (0 with one worker).
+    /// Bytes worker 0's communicator moved during the steps (0 with one worker).
     pub wire_bytes_sent: u64,
+    /// What worker 0 would have sent allreducing every gradient as dense f32 (one ring
+    /// allreduce per parameter), over the same steps.
+    pub wire_bytes_dense: u64,
     /// Skipped steps.
     pub skipped_steps: u64,
     /// Wall time of this session, seconds.
@@ -330,10 +413,13 @@ pub struct RunOutcome {
     pub trace: Trace,
     /// One record per epoch (as in `epochs.csv`).
     pub epochs: Vec<EpochSummary>,
+    /// The rank that returned this outcome: in a distributed run only rank 0's holds
+    /// the epochs and wrote the outputs.
+    pub rank: usize,
 }
 
 /// Columns of `trace.csv` after `step`.
-pub const TRACE_COLUMNS: [&str; 11] = [
+pub const TRACE_COLUMNS: [&str; 12] = [
     "epoch",
     "lr",
     "batch",
@@ -345,6 +431,7 @@ pub const TRACE_COLUMNS: [&str; 11] = [
     "bytes_sent",
     "bytes_dense",
     "wire_bytes_sent",
+    "wire_bytes_dense",
 ];
 
 /// Columns of `epochs.csv` after `step`.
@@ -415,8 +502,13 @@ struct Plan<'a> {
     resume: bool,
     interrupt: &'a AtomicBool,
     warnings: Option<crate::Report>,
-    /// The step count at which every worker stops (agreed through `fetch_min`).
+    /// The step count at which every worker stops (agreed through `fetch_min`, or in
+    /// a distributed run through the checksum exchange).
     stop_at: AtomicU64,
+    /// One worker per process, with the caller's communicator.
+    distributed: bool,
+    check_every: u64,
+    fault: Option<Fault>,
 }
 
 /// Compile `script_path` for the data's epoch length and train as `options` say.
@@ -429,7 +521,51 @@ pub fn run(
     interrupt: &AtomicBool,
     observer: &mut dyn FnMut(RunEvent<'_>),
 ) -> Result<RunOutcome, Error> {
+    run_inner(script_path, options, interrupt, observer, None)
+}
+
+/// [`run`] as one rank of a distributed job: this process trains rank
+/// `communicator.rank()` of `communicator.world()` (the `--workers` count must be 1
+/// or the world), exchanging through `communicator` (see the module doc). Every rank
+/// must call it with the same script and options. The global batch must be a
+/// multiple of the world, so that every rank's shard has the same size (the last,
+/// shorter batch of an epoch is split as evenly as it goes and weighted).
+pub fn run_distributed(
+    script_path: &Path,
+    options: &RunOptions,
+    interrupt: &AtomicBool,
+    observer: &mut dyn FnMut(RunEvent<'_>),
+    communicator: Box<dyn Communicator>,
+) -> Result<RunOutcome, Error> {
+    run_inner(
+        script_path,
+        options,
+        interrupt,
+        observer,
+        Some(communicator),
+    )
+}
+
+fn run_inner(
+    script_path: &Path,
+    options: &RunOptions,
+    interrupt: &AtomicBool,
+    observer: &mut dyn FnMut(RunEvent<'_>),
+    communicator: Option<Box<dyn Communicator>>,
+) -> Result<RunOutcome, Error> {
     let started = Instant::now();
+    let (rank, workers) = match &communicator {
+        Some(c) if options.workers != 1 && options.workers != c.world() => {
+            return Err(TrainError::Config(format!(
+                "--workers {} does not match the {} ranks of the job (leave it out with --dist mpi)",
+                options.workers,
+                c.world()
+            ))
+            .into())
+        }
+        Some(c) => (c.rank(), c.world()),
+        None => (0, options.workers),
+    };
     let split = options.data.load()?;
     let mlp = match &options.model {
         Some(mlp) => mlp.clone(),
@@ -451,8 +587,11 @@ pub fn run(
         ))
         .into());
     }
-    if !(1..=MAX_WORKERS).contains(&options.workers) {
+    if communicator.is_none() && !(1..=MAX_WORKERS).contains(&workers) {
         return Err(TrainError::Config(format!("workers must be 1 to {MAX_WORKERS}")).into());
+    }
+    if options.check_every == 0 {
+        return Err(TrainError::Config("--check-every must be at least 1".into()).into());
     }
     // The batch can come from the script, and the epoch length from the batch: read
     // the script's own batch first (its epoch length does not matter for that).
@@ -479,10 +618,19 @@ pub fn run(
         .into());
     }
     let batch = batch as usize;
-    if batch < options.workers {
+    if batch < workers {
         return Err(TrainError::Config(format!(
-            "a batch of {batch} cannot be split between {} workers",
-            options.workers
+            "a batch of {batch} cannot be split between {workers} workers"
+        ))
+        .into());
+    }
+    // The hook of batch control across ranks: the global batch is what the script and
+    // the controller see; each rank computes batch / world of it.
+    if communicator.is_some() && batch % workers != 0 {
+        return Err(TrainError::Config(format!(
+            "the global batch of {batch} is not a multiple of the {workers} ranks: pick a \
+             batch size divisible by {workers} (e.g. {})",
+            batch.div_ceil(workers) * workers
         ))
         .into());
     }
@@ -516,13 +664,13 @@ pub fn run(
         model: mlp.describe(),
         data: options.data.describe(),
         seed: options.seed,
-        workers: options.workers,
+        workers,
         batch: batch as u64,
         micro_batch: options.micro_batch.map(|m| m as u64),
         steps_per_epoch,
     };
     if let Some(out) = &out {
-        prepare_out(out, &config, options.resume)?;
+        prepare_out(out, &config, options.resume, rank == 0)?;
     } else if options.resume {
         return Err(TrainError::Config("--resume needs the run's output directory".into()).into());
     }
@@ -534,15 +682,26 @@ pub fn run(
         steps_per_epoch,
         total_steps,
         seed: options.seed,
-        workers: options.workers,
+        workers,
         micro_batch: options.micro_batch,
         out: out.as_ref(),
         resume: options.resume,
         interrupt,
         warnings: script.warnings(),
         stop_at: AtomicU64::new(options.stop_after.unwrap_or(u64::MAX)),
+        distributed: communicator.is_some(),
+        check_every: options.check_every,
+        fault: options.fault,
     };
-    let (history, start_step) = run_workers(&plan, observer)?;
+    let (history, start_step) = match communicator {
+        Some(communicator) => {
+            let observer = (rank == 0).then_some(observer);
+            Worker::new(&plan, rank, communicator)?
+                .run(observer)?
+                .ok_or(Error::WorkerPanicked { rank })?
+        }
+        None => run_workers(&plan, observer)?,
+    };
     let History {
         trace,
         epochs: epoch_rows,
@@ -556,7 +715,7 @@ pub fn run(
         start_step,
         started,
     );
-    if let Some(out) = &out {
+    if let Some(out) = out.as_ref().filter(|_| rank == 0) {
         write_atomic(&out.summary(), &serde_json_pretty(&summary))?;
         let title = format!(
             "{} · {} on {} · seed {}",
@@ -574,6 +733,7 @@ pub fn run(
         summary,
         trace,
         epochs: epoch_rows,
+        rank,
     })
 }
 
@@ -585,7 +745,13 @@ fn serde_json_pretty(value: &impl Serialize) -> String {
 
 /// Create the output directory (a fresh run must not overwrite an old run's
 /// checkpoint by accident: it replaces its files; a resumed run must match it).
-fn prepare_out(out: &OutDir, config: &RunConfig, resume: bool) -> Result<(), TrainError> {
+/// Only the rank that writes outputs (`write_config`) writes `run.json`.
+fn prepare_out(
+    out: &OutDir,
+    config: &RunConfig,
+    resume: bool,
+    write_config: bool,
+) -> Result<(), TrainError> {
     let checkpoints = out.checkpoint(0);
     let parent = checkpoints.parent().unwrap_or(&out.dir);
     std::fs::create_dir_all(parent).map_err(|source| TrainError::Io {
@@ -613,8 +779,10 @@ fn prepare_out(out: &OutDir, config: &RunConfig, resume: bool) -> Result<(), Tra
             });
         }
         Ok(())
-    } else {
+    } else if write_config {
         write_atomic(&out.config(), &serde_json_pretty(config))
+    } else {
+        Ok(())
     }
 }
 
@@ -831,6 +999,73 @@ fn is_peer_gone(error: &Error) -> bool {
     )
 }
 
+/// Every rank starts from rank 0's initial weights (they are drawn from the same
+/// seed everywhere; the broadcast makes that a fact rather than an assumption).
+fn broadcast_params(
+    communicator: &mut dyn Communicator,
+    params: &mut [Vec<f32>],
+) -> Result<(), Error> {
+    let mut bytes: Vec<u8> = params
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let expected = bytes.len();
+    communicator
+        .broadcast(0, &mut bytes)
+        .map_err(|error| crate::RuntimeError::Communication {
+            step: 0,
+            during: "the initial parameters".to_owned(),
+            error,
+        })?;
+    if bytes.len() != expected {
+        return Err(TrainError::Config(format!(
+            "rank 0 broadcast {} bytes of initial parameters, this rank expects {expected}",
+            bytes.len()
+        ))
+        .into());
+    }
+    let mut words = bytes.chunks_exact(4);
+    for value in params.iter_mut().flatten() {
+        if let Some(w) = words.next() {
+            *value = f32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        }
+    }
+    Ok(())
+}
+
+/// Every rank resumes at rank 0's checkpoint step (broadcast from rank 0): a rank
+/// whose checkpoint is at another step (a crash between two ranks' saves) is refused.
+fn agree_on_resume_step(
+    stepper: &mut crate::Stepper<NdArrayBackend>,
+    out: &OutDir,
+) -> Result<(), Error> {
+    let ours = stepper.step_index();
+    let mut bytes = ours.to_le_bytes().to_vec();
+    let rank = stepper.rank();
+    stepper
+        .communicator_mut()
+        .broadcast(0, &mut bytes)
+        .map_err(|error| crate::RuntimeError::Communication {
+            step: ours,
+            during: "the checkpoint step".to_owned(),
+            error,
+        })?;
+    let mut word = [0u8; 8];
+    word.copy_from_slice(bytes.get(..8).unwrap_or(&[0; 8]));
+    let theirs = u64::from_le_bytes(word);
+    if theirs != ours {
+        return Err(TrainError::Resume {
+            dir: out.dir.clone(),
+            reason: format!(
+                "rank {rank}'s checkpoint is at step {ours}, rank 0's at step {theirs}"
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// One simulated worker: its model buffers (in the script's precision) and stepper.
 struct Worker<'a> {
     plan: &'a Plan<'a>,
@@ -839,14 +1074,23 @@ struct Worker<'a> {
     params: Buffers,
     grads: Buffers,
     numel: u64,
+    /// What this rank would send per step allreducing every gradient as dense f32.
+    wire_dense: u64,
 }
 
 impl<'a> Worker<'a> {
     fn new(
         plan: &'a Plan<'a>,
         rank: usize,
-        communicator: Box<dyn Communicator>,
+        mut communicator: Box<dyn Communicator>,
     ) -> Result<Self, Error> {
+        let world = communicator.world();
+        let wire_dense = plan
+            .mlp
+            .param_specs()
+            .iter()
+            .map(|s| ring_allreduce_traffic(s.numel() as u64, 4, world, rank).bytes_sent)
+            .sum();
         let dtype = plan.script.strategy().precision.dtype;
         let specs: Vec<_> = plan
             .mlp
@@ -854,6 +1098,15 @@ impl<'a> Worker<'a> {
             .into_iter()
             .map(|s| s.with_dtype(dtype))
             .collect();
+        let fresh_init = if plan.resume && plan.out.is_some() {
+            None
+        } else {
+            let mut init = plan.mlp.init(plan.seed);
+            if world > 1 {
+                broadcast_params(communicator.as_mut(), &mut init)?;
+            }
+            Some(init)
+        };
         let options = StepperOptions::new()
             .with_communicator(communicator)
             .with_seed(plan.seed);
@@ -867,12 +1120,15 @@ impl<'a> Worker<'a> {
                     }
                     .into());
                 }
-                let stepper = plan.script.resume_with_options(
+                let mut stepper = plan.script.resume_with_options(
                     NdArrayBackend::new(),
                     &path,
                     &specs,
                     options,
                 )?;
+                if world > 1 {
+                    agree_on_resume_step(&mut stepper, out)?;
+                }
                 let mut master: Vec<Vec<f32>> =
                     specs.iter().map(|s| vec![0.0; s.numel()]).collect();
                 for (index, tensor) in master.iter_mut().enumerate() {
@@ -881,7 +1137,7 @@ impl<'a> Worker<'a> {
                 (stepper, master)
             }
             _ => {
-                let init = plan.mlp.init(plan.seed);
+                let init = fresh_init.unwrap_or_else(|| plan.mlp.init(plan.seed));
                 let buffers = Buffers::from_f32(dtype, &init);
                 let stepper = plan.script.bind_with_options(
                     NdArrayBackend::new(),
@@ -900,7 +1156,70 @@ impl<'a> Worker<'a> {
             grads: params.clone(),
             params,
             numel: plan.mlp.numel() as u64,
+            wire_dense,
         })
+    }
+
+    /// FNV-1a over the bits of the parameters as the model uses them.
+    fn checksum(&self) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for value in self.params.to_f32().iter().flatten() {
+            for byte in value.to_bits().to_le_bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
+    /// The distributed run's check after `step` steps: every rank's parameter checksum
+    /// and interrupt flag to every rank (an allgather of 9 bytes a rank). Different
+    /// checksums are an error; the result says whether any rank was interrupted.
+    fn agree(&mut self, step: u64) -> Result<bool, Error> {
+        let mut status = self.checksum().to_le_bytes().to_vec();
+        status.push(u8::from(self.plan.interrupt.load(Ordering::SeqCst)));
+        let mut all = Vec::new();
+        self.stepper
+            .communicator_mut()
+            .allgather(&status, &mut all)
+            .map_err(|error| crate::RuntimeError::Communication {
+                step,
+                during: "the parameter checksum".to_owned(),
+                error,
+            })?;
+        let mut checksums = Vec::with_capacity(all.len());
+        let mut interrupted = false;
+        for entry in &all {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(entry.get(..8).unwrap_or(&[0; 8]));
+            checksums.push(u64::from_le_bytes(word));
+            interrupted |= entry.get(8).is_some_and(|&flag| flag != 0);
+        }
+        let ranks: Vec<usize> = (1..checksums.len())
+            .filter(|&r| checksums[r] != checksums[0])
+            .collect();
+        if !ranks.is_empty() {
+            return Err(TrainError::Diverged {
+                step,
+                ranks,
+                checksums,
+            }
+            .into());
+        }
+        Ok(interrupted)
+    }
+
+    /// Whether the distributed check runs after `step` steps.
+    fn checks_after(&self, step: u64) -> bool {
+        let plan = self.plan;
+        let fault = plan
+            .fault
+            .is_some_and(|f| f.kind == FaultKind::Diverge && f.step + 1 == step);
+        plan.distributed
+            && (step % plan.check_every == 0
+                || step % plan.steps_per_epoch == 0
+                || step == plan.total_steps
+                || step == plan.stop_at.load(Ordering::SeqCst)
+                || fault)
     }
 
     /// The rows of batch `index` of `epoch` that this worker computes: the batch's
@@ -956,11 +1275,28 @@ impl<'a> Worker<'a> {
             // Every worker stops at the same step: whoever sees the interrupt first
             // moves the stop to the step after the next one, which no peer can have
             // passed (each step waits for everyone's gradients).
-            if plan.interrupt.load(Ordering::SeqCst) {
+            // (A distributed run agrees on it in the checksum exchange instead.)
+            if !plan.distributed && plan.interrupt.load(Ordering::SeqCst) {
                 plan.stop_at.fetch_min(step + 1, Ordering::SeqCst);
             }
             if step >= plan.stop_at.load(Ordering::SeqCst) {
                 break;
+            }
+            if let Some(fault) = plan.fault.filter(|f| f.rank == self.rank && f.step == step) {
+                match fault.kind {
+                    FaultKind::Error => {
+                        return Err(TrainError::Fault {
+                            rank: self.rank,
+                            step,
+                        }
+                        .into())
+                    }
+                    FaultKind::Die => {
+                        eprintln!("rank {}: injected fault: dying at step {step}", self.rank);
+                        std::process::abort();
+                    }
+                    FaultKind::Diverge => {}
+                }
             }
             let epoch = step / plan.steps_per_epoch;
             if order_epoch != Some(epoch) {
@@ -989,8 +1325,17 @@ impl<'a> Worker<'a> {
                 self.stepper
                     .step(&mut params, &views, &crate::Metrics { loss: Some(loss) })?
             };
-            if self.rank == 0 {
-                let record = step_record(&report, epoch, batch_len, self.numel);
+            if plan.fault.is_some_and(|f| {
+                f.kind == FaultKind::Diverge && f.rank == self.rank && f.step == step
+            }) {
+                let mut nudged = self.params.to_f32();
+                if let Some(first) = nudged.first_mut().and_then(|t| t.first_mut()) {
+                    *first += 1e-3;
+                }
+                self.params = Buffers::from_f32(plan.script.strategy().precision.dtype, &nudged);
+            }
+            if self.rank == 0 || plan.distributed {
+                let record = step_record(&report, epoch, batch_len, self.numel, self.wire_dense);
                 let lr = record.values[1];
                 history.trace.records.push(record);
                 if let Some(observer) = observer.as_deref_mut() {
@@ -1011,12 +1356,15 @@ impl<'a> Worker<'a> {
                 }
                 history.epochs.push(summary);
             }
+            if self.checks_after(step) && self.agree(step)? {
+                plan.stop_at.fetch_min(step, Ordering::SeqCst);
+            }
             let stopping = step >= plan.stop_at.load(Ordering::SeqCst) && step < plan.total_steps;
             if epoch_done || stopping || step == plan.total_steps {
                 self.checkpoint(&history)?;
             }
         }
-        Ok((self.rank == 0).then_some((history, start_step)))
+        Ok((self.rank == 0 || plan.distributed).then_some((history, start_step)))
     }
 
     /// Mean loss and gradient of this worker's shard, in micro-batches of at most
@@ -1120,7 +1468,13 @@ impl<'a> Worker<'a> {
 }
 
 /// One `trace.csv` record of worker 0's step report.
-fn step_record(report: &StepReport, epoch: u64, batch: usize, numel: u64) -> TraceRecord {
+fn step_record(
+    report: &StepReport,
+    epoch: u64,
+    batch: usize,
+    numel: u64,
+    wire_dense: u64,
+) -> TraceRecord {
     let lr = report
         .scalars
         .iter()
@@ -1152,6 +1506,11 @@ fn step_record(report: &StepReport, epoch: u64, batch: usize, numel: u64) -> Tra
             sent as f64,
             dense as f64,
             report.wire_bytes_sent as f64,
+            if report.skipped {
+                0.0
+            } else {
+                wire_dense as f64
+            },
         ],
     }
 }
@@ -1205,6 +1564,7 @@ fn summarize(
         bytes_dense,
         compression_ratio: bytes_dense as f64 / bytes_sent as f64,
         wire_bytes_sent: column_sum(trace, "wire_bytes_sent"),
+        wire_bytes_dense: column_sum(trace, "wire_bytes_dense"),
         skipped_steps: column_sum(trace, "skipped"),
         seconds: started.elapsed().as_secs_f64(),
     }

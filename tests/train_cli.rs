@@ -186,3 +186,24 @@ fn bad_run_arguments_are_clear_errors() -> TestResult {
     assert!(text(&output.stderr).contains("`.svg` or `.png`"));
     Ok(())
 }
+
+/// Without the `mpi` feature, `--dist mpi` says how to get it.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn dist_mpi_without_the_feature_says_how_to_rebuild() -> Result<(), Box<dyn std::error::Error>> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_regimen"))
+        .args([
+            "run",
+            "examples/digits.regimen",
+            "--dist",
+            "mpi",
+            "--epochs",
+            "1",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--features mpi"), "{stderr}");
+    Ok(())
+}

@@ -657,3 +657,45 @@ fn single_process_and_a_world_of_one_agree() {
         ));
     }
 }
+
+/// The shared formulas (what the MPI communicator counts, since MPI reports nothing)
+/// are what the thread cluster really moves, collective by collective.
+#[test]
+fn traffic_formulas_match_what_the_thread_cluster_moves() {
+    use regimen_core::comm::{
+        ring_allgather_traffic, ring_allreduce_traffic, tree_broadcast_traffic,
+    };
+    for world in [2usize, 3, 4, 5] {
+        for n in [1usize, 3, 10, 257] {
+            let measured = run_cluster(world, TEST_TIMEOUT, |_, mut comm| {
+                let mut data = vec![1.0f32; n];
+                comm.allreduce_f32(&mut data).unwrap();
+                comm.traffic()
+            });
+            for (rank, traffic) in measured.iter().enumerate() {
+                assert_eq!(*traffic, ring_allreduce_traffic(n as u64, 4, world, rank));
+            }
+            let sizes: Vec<u64> = (0..world).map(|r| (n + 5 * r) as u64).collect();
+            let measured = run_cluster(world, TEST_TIMEOUT, |rank, mut comm| {
+                let mut out = Vec::new();
+                comm.allgather(&vec![7u8; n + 5 * rank], &mut out).unwrap();
+                comm.traffic()
+            });
+            for (rank, traffic) in measured.iter().enumerate() {
+                assert_eq!(*traffic, ring_allgather_traffic(&sizes, rank));
+            }
+            let root = world - 1;
+            let measured = run_cluster(world, TEST_TIMEOUT, |_, mut comm| {
+                let mut data = vec![3u8; n];
+                comm.broadcast(root, &mut data).unwrap();
+                comm.traffic()
+            });
+            for (rank, traffic) in measured.iter().enumerate() {
+                assert_eq!(
+                    *traffic,
+                    tree_broadcast_traffic(n as u64, world, root, rank)
+                );
+            }
+        }
+    }
+}

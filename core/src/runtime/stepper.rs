@@ -424,6 +424,12 @@ impl<B: Backend> Stepper<B> {
         self.comm.traffic()
     }
 
+    /// The communicator, for collectives of the caller's own between steps (a run's
+    /// parameter checksum); every rank must make the same calls in the same order.
+    pub fn communicator_mut(&mut self) -> &mut dyn Communicator {
+        self.comm.as_mut()
+    }
+
     /// Parameter `index`'s error-feedback residual (what compression has not yet
     /// delivered, added to the next gradient), `None` when it keeps none.
     pub fn residual(&self, index: usize) -> Option<&[f32]> {

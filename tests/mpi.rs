@@ -1,0 +1,270 @@
+//! `mpirun -np N regimen run … --dist mpi` on the built binary (feature `mpi`): the run
+//! completes, only rank 0 writes outputs, the ranks match the in-process workers, bytes
+//! are counted by formula, resume continues, and a failing rank ends the job.
+#![cfg(feature = "mpi")]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const BIN: &str = env!("CARGO_BIN_EXE_regimen");
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/digits.regimen");
+const MODEL: &str = "mlp:64,32,10";
+
+/// Run a command, killing it after `limit` (a hang fails the test instead of the CI).
+fn run_with_timeout(command: &mut Command, limit: Duration) -> Result<Output, String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let start = Instant::now();
+    loop {
+        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            return child.wait_with_output().map_err(|e| e.to_string());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return Err(format!("still running after {limit:?}: a hang"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mpirun(ranks: usize, out: &Path, extra: &[&str]) -> Result<Output, String> {
+    let mut command = Command::new("mpirun");
+    command
+        .args(["--allow-run-as-root", "--oversubscribe", "-np"])
+        .arg(ranks.to_string())
+        .arg(BIN)
+        .args(["run", SCRIPT, "--dist", "mpi", "--quiet", "--model", MODEL])
+        .args(["--epochs", "1", "--out"])
+        .arg(out)
+        .args(extra);
+    run_with_timeout(&mut command, Duration::from_secs(120))
+}
+
+fn local(out: &Path, extra: &[&str]) -> Result<Output, String> {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "run", SCRIPT, "--quiet", "--model", MODEL, "--epochs", "1", "--out",
+        ])
+        .arg(out)
+        .args(extra);
+    run_with_timeout(&mut command, Duration::from_secs(120))
+}
+
+fn column(csv: &str, name: &str) -> Vec<f64> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let Some(index) = header.iter().position(|h| *h == name) else {
+        return Vec::new();
+    };
+    lines
+        .filter_map(|l| l.split(',').nth(index).and_then(|v| v.parse().ok()))
+        .collect()
+}
+
+fn summary_number(dir: &Path, key: &str) -> Result<f64, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(dir.join("summary.json"))?;
+    let value: serde_json::Value = serde_json::from_str(&text)?;
+    value[key]
+        .as_f64()
+        .ok_or_else(|| format!("no number `{key}` in summary.json").into())
+}
+
+/// The ring allreduce bytes rank `rank` sends for `n` f32 elements (the formula of the
+/// communicators' module doc, written out independently).
+fn ring_sent(n: u64, world: u64, rank: u64) -> u64 {
+    let block = |c: u64| {
+        let c = c % world;
+        ((c + 1) * n / world - c * n / world) * 4
+    };
+    2 * 4 * n - block(rank + 1) - block(rank + 2)
+}
+
+fn check_ranks(ranks: usize) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (mpi, threads) = (dir.path().join("mpi"), dir.path().join("threads"));
+    let output = mpirun(ranks, &mpi, &[])?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Only rank 0 reports: one summary line, one epoch header.
+    assert_eq!(stdout.matches("steps in").count(), 1, "{stdout}");
+    assert_eq!(stdout.matches("epoch  train loss").count(), 1, "{stdout}");
+    for rank in 0..ranks {
+        assert!(mpi.join(format!("checkpoints/rank{rank}.ckpt")).is_file());
+    }
+    assert!(!mpi.join(format!("checkpoints/rank{ranks}.ckpt")).exists());
+    let trace = std::fs::read_to_string(mpi.join("trace.csv"))?;
+    assert_eq!(trace.lines().count(), 46, "45 steps of batch 32 + header");
+
+    // Bytes: with `compress none` every parameter is allreduced dense, plus the
+    // one-element non-finite flag; the dense column is the formula without the flag.
+    let shapes = [64u64 * 32, 32, 32 * 10, 10];
+    let dense: u64 = shapes.iter().map(|&n| ring_sent(n, ranks as u64, 0)).sum();
+    let flag = ring_sent(1, ranks as u64, 0);
+    for (sent, dense_col) in column(&trace, "wire_bytes_sent")
+        .iter()
+        .zip(column(&trace, "wire_bytes_dense"))
+    {
+        assert_eq!(dense_col as u64, dense);
+        assert_eq!(*sent as u64, dense + flag);
+    }
+    assert_eq!(
+        summary_number(&mpi, "wire_bytes_dense")? as u64,
+        45 * dense,
+        "summary"
+    );
+
+    // The same job as in-process workers: the same trajectory; with 2 ranks every sum
+    // has two terms, so the bits are the same, with 4 MPI may add in another order.
+    let output = local(&threads, &["--workers", &ranks.to_string()])?;
+    assert!(output.status.success());
+    let (a, b) = (
+        summary_number(&mpi, "final_test_loss")?,
+        summary_number(&threads, "final_test_loss")?,
+    );
+    if ranks == 2 {
+        assert_eq!(
+            std::fs::read(mpi.join("checkpoints/rank1.ckpt"))?,
+            std::fs::read(threads.join("checkpoints/rank1.ckpt"))?
+        );
+        assert_eq!(a, b);
+    } else {
+        // f32 summation order: each gradient element differs by a few ulps (≈1e-7
+        // relative); over 45 SGD steps that stays far below 1e-4 of the loss.
+        assert!((a - b).abs() <= 1e-4 * b.abs(), "{a} vs {b}");
+    }
+    // And the single process with the same global batch.
+    let single = dir.path().join("single");
+    assert!(local(&single, &[])?.status.success());
+    let c = summary_number(&single, "final_test_loss")?;
+    assert!((a - c).abs() <= 1e-4 * c.abs(), "{a} vs single {c}");
+    Ok(())
+}
+
+#[test]
+fn two_ranks_train_like_two_workers() -> TestResult {
+    check_ranks(2)
+}
+
+#[test]
+fn four_ranks_train_like_four_workers() -> TestResult {
+    check_ranks(4)
+}
+
+#[test]
+fn a_stopped_distributed_run_resumes_to_the_same_weights() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    assert!(mpirun(2, &whole, &[])?.status.success());
+    // Stop after 20 of the 45 steps (the checksum exchange agrees on it), then resume.
+    let first = mpirun(2, &parts, &["--stop-after", "20"])?;
+    let stopped = std::fs::read_to_string(parts.join("trace.csv"))?
+        .lines()
+        .count();
+    assert!(
+        first.status.code() == Some(130) && stopped == 21,
+        "{:?}: {stopped} lines",
+        first.status
+    );
+    assert!(mpirun(2, &parts, &["--resume"])?.status.success());
+    for rank in 0..2 {
+        let path = format!("checkpoints/rank{rank}.ckpt");
+        assert_eq!(
+            std::fs::read(whole.join(&path))?,
+            std::fs::read(parts.join(&path))?
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(whole.join("trace.csv"))?,
+        std::fs::read_to_string(parts.join("trace.csv"))?
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failing_rank_ends_the_job_with_a_message_on_rank_0() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let output = mpirun(4, dir.path(), &["--fail-at-step", "3", "--fail-rank", "2"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("error: rank 2 failed: injected fault: rank 2 fails at step 3"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("MPI_ABORT was invoked on rank 0"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_dying_rank_ends_the_job() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let output = mpirun(
+        2,
+        dir.path(),
+        &[
+            "--fail-at-step",
+            "2",
+            "--fail-rank",
+            "1",
+            "--fail-mode",
+            "die",
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("rank 1: injected fault: dying at step 2"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn diverged_ranks_are_an_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let output = mpirun(
+        2,
+        dir.path(),
+        &[
+            "--fail-at-step",
+            "4",
+            "--fail-rank",
+            "1",
+            "--fail-mode",
+            "diverge",
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("the ranks diverged: after step 5 the parameters of rank(s) [1]"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_global_batch_that_the_ranks_cannot_share_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let output = mpirun(4, dir.path(), &["--batch-size", "30"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("the global batch of 30 is not a multiple of the 4 ranks"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -201,10 +201,11 @@ fn a_failing_rank_ends_the_job_with_a_message_on_rank_0() -> TestResult {
         stderr.contains("error: rank 2 failed: injected fault: rank 2 fails at step 3"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("MPI_ABORT was invoked on rank 0"),
-        "{stderr}"
-    );
+    // Rank 0 says it aborts, then calls MPI_Abort. OpenMPI's own notice of the abort
+    // ("MPI_ABORT was invoked on rank 0 …") is not asserted: its help-text system
+    // sometimes loses it as the job is torn down ("Data unpack would read past end of
+    // buffer" in show_help.c, seen in CI), while the abort itself happens.
+    assert!(stderr.contains("regimen: aborting the MPI job"), "{stderr}");
     Ok(())
 }
 

@@ -405,6 +405,59 @@ fn raw_args(args: &Args) -> Vec<RgArg> {
 }
 
 /// A failed call, in words that name the plugin file and the export.
+/// A table's `save_state` entry (the same in compressor and controller tables).
+type SaveStateFn = unsafe extern "C" fn(*mut c_void, *const RgSink, *const RgErrorOut) -> RgStatus;
+/// A table's `load_state` entry.
+type LoadStateFn =
+    unsafe extern "C" fn(*mut c_void, *const u8, usize, *const RgErrorOut) -> RgStatus;
+
+/// Append the state of instance `inst` of export `export` (named `name`) to `out`;
+/// on failure `out` is as it was and the error is the failure's message.
+fn save_state(
+    plugin: &Plugin,
+    export: usize,
+    name: &str,
+    inst: *mut c_void,
+    save: SaveStateFn,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let start = out.len();
+    let mut captured = Captured::default();
+    let status = {
+        let _serial = plugin.serialize(export);
+        let mut sink = Sink::new(out, usize::MAX);
+        let raw_sink = sink.raw();
+        // SAFETY: `inst` is live; every pointer is valid for the call.
+        captured.call(|err| unsafe { save(inst, &raw_sink, err) })
+    };
+    if status != STATUS_OK {
+        out.truncate(start);
+        return Err(failure(plugin, name, "save_state", status, &captured));
+    }
+    Ok(())
+}
+
+/// Restore instance `inst` of export `export` (named `name`) from `state`.
+fn load_state(
+    plugin: &Plugin,
+    export: usize,
+    name: &str,
+    inst: *mut c_void,
+    load: LoadStateFn,
+    state: &[u8],
+) -> Result<(), String> {
+    let mut captured = Captured::default();
+    let status = {
+        let _serial = plugin.serialize(export);
+        // SAFETY: `inst` is live; `state` is valid for its length.
+        captured.call(|err| unsafe { load(inst, state.as_ptr(), state.len(), err) })
+    };
+    if status != STATUS_OK {
+        return Err(failure(plugin, name, "load_state", status, &captured));
+    }
+    Ok(())
+}
+
 fn failure(
     plugin: &Plugin,
     export: &str,
@@ -799,41 +852,27 @@ impl Compressor for PluginCompressor {
     }
 
     fn save_state(&self, out: &mut Vec<u8>) -> Result<(), CompressError> {
-        let start = out.len();
-        let mut captured = Captured::default();
-        let status = {
-            let _serial = self.plugin.serialize(self.export);
-            let mut sink = Sink::new(out, usize::MAX);
-            let raw_sink = sink.raw();
-            // SAFETY: `inst` is live; every pointer is valid for the call.
-            captured.call(|err| unsafe { (self.vtable.save_state)(self.inst, &raw_sink, err) })
-        };
-        if status != STATUS_OK {
-            out.truncate(start);
-            return Err(self.fail("save_state", status, &captured));
-        }
-        Ok(())
+        save_state(
+            &self.plugin,
+            self.export,
+            &self.name,
+            self.inst,
+            self.vtable.save_state,
+            out,
+        )
+        .map_err(CompressError::Failed)
     }
 
     fn load_state(&mut self, state: &[u8]) -> Result<(), CompressError> {
-        let mut captured = Captured::default();
-        let status = {
-            let _serial = self.plugin.serialize(self.export);
-            // SAFETY: `inst` is live; `state` is valid for its length.
-            captured.call(|err| unsafe {
-                (self.vtable.load_state)(self.inst, state.as_ptr(), state.len(), err)
-            })
-        };
-        if status != STATUS_OK {
-            return Err(CompressError::State(failure(
-                &self.plugin,
-                &self.name,
-                "load_state",
-                status,
-                &captured,
-            )));
-        }
-        Ok(())
+        load_state(
+            &self.plugin,
+            self.export,
+            &self.name,
+            self.inst,
+            self.vtable.load_state,
+            state,
+        )
+        .map_err(CompressError::State)
     }
 }
 
@@ -986,41 +1025,27 @@ impl BatchController for PluginController {
     }
 
     fn save_state(&self, out: &mut Vec<u8>) -> Result<(), ControllerError> {
-        let start = out.len();
-        let mut captured = Captured::default();
-        let status = {
-            let _serial = self.plugin.serialize(self.export);
-            let mut sink = Sink::new(out, usize::MAX);
-            let raw_sink = sink.raw();
-            // SAFETY: `inst` is live; every pointer is valid for the call.
-            captured.call(|err| unsafe { (self.vtable.save_state)(self.inst, &raw_sink, err) })
-        };
-        if status != STATUS_OK {
-            out.truncate(start);
-            return Err(self.fail("save_state", status, &captured));
-        }
-        Ok(())
+        save_state(
+            &self.plugin,
+            self.export,
+            &self.name,
+            self.inst,
+            self.vtable.save_state,
+            out,
+        )
+        .map_err(ControllerError::Failed)
     }
 
     fn load_state(&mut self, state: &[u8]) -> Result<(), ControllerError> {
-        let mut captured = Captured::default();
-        let status = {
-            let _serial = self.plugin.serialize(self.export);
-            // SAFETY: `inst` is live; `state` is valid for its length.
-            captured.call(|err| unsafe {
-                (self.vtable.load_state)(self.inst, state.as_ptr(), state.len(), err)
-            })
-        };
-        if status != STATUS_OK {
-            return Err(ControllerError::State(failure(
-                &self.plugin,
-                &self.name,
-                "load_state",
-                status,
-                &captured,
-            )));
-        }
-        Ok(())
+        load_state(
+            &self.plugin,
+            self.export,
+            &self.name,
+            self.inst,
+            self.vtable.load_state,
+            state,
+        )
+        .map_err(ControllerError::State)
     }
 }
 

@@ -6,8 +6,30 @@
 //!
 //! ```
 //! use regimen_plugin::export::{CompressorExport, Param, PluginDef};
-//! # use regimen_plugin::{ArgError, Args, Compressor};
-//! # fn build(_: &Args) -> Result<Box<dyn Compressor>, ArgError> { unimplemented!() }
+//! # use regimen_plugin::*;
+//! # struct Mine;
+//! # impl Compressor for Mine {
+//! #     fn name(&self) -> &str { "mine" }
+//! #     fn method_id(&self) -> MethodId { MethodId(0x8F00) }
+//! #     fn aggregation(&self) -> Aggregation { Aggregation::Sum(WireElement::F32) }
+//! #     fn compress(&mut self, input: TensorView<'_>, _: &StepContext<'_>, out: &mut Vec<u8>) -> Result<(), CompressError> {
+//! #         PayloadHeader::new(self.method_id(), input.shape)?.write(out);
+//! #         out.extend(input.data.iter().flat_map(|x| x.to_le_bytes()));
+//! #         Ok(())
+//! #     }
+//! #     fn decompress_add(&mut self, payload: &[u8], scale: f32, out: &mut [f32]) -> Result<(), CompressError> {
+//! #         let (_, mut data) = PayloadHeader::parse(payload, self.method_id(), out.len())?;
+//! #         let values = data.bytes(4 * out.len())?.chunks_exact(4);
+//! #         for (o, x) in out.iter_mut().zip(values) {
+//! #             *o += scale * f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+//! #         }
+//! #         Ok(())
+//! #     }
+//! # }
+//! fn build(args: &Args) -> Result<Box<dyn Compressor>, ArgError> {
+//!     let _ratio = args.number("ratio", Some(0.01))?;
+//!     Ok(Box::new(Mine))
+//! }
 //! pub const PLUGIN: PluginDef = PluginDef {
 //!     name: "my-compressors",
 //!     version: "0.1.0",
@@ -21,6 +43,9 @@
 //!     controllers: &[],
 //! };
 //! // In the cdylib crate: regimen_plugin::export_plugin!(PLUGIN);
+//! # let mine = (PLUGIN.compressors[0].build)(&Args::new()).unwrap();
+//! # regimen_plugin::conformance::check_compressor(|| (PLUGIN.compressors[0].build)(&Args::new()).unwrap()).unwrap();
+//! # assert_eq!(mine.name(), "mine");
 //! ```
 
 use crate::args::{ArgError, Args};

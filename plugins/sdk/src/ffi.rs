@@ -304,6 +304,66 @@ unsafe fn instance<'a, T>(inst: *mut c_void) -> Result<&'a mut T, Fail> {
         .ok_or_else(|| Fail::new(STATUS_ERROR, "null instance pointer"))
 }
 
+/// An instance whose component keeps state: what the shared `save_state` and
+/// `load_state` entry points need of a compressor's or a controller's instance.
+trait Stateful {
+    /// The component's state, written into the instance's scratch buffer.
+    fn save(&mut self) -> Result<&[u8], Fail>;
+    /// Restore the component from `state`.
+    fn load(&mut self, state: &[u8]) -> Result<(), Fail>;
+}
+
+impl Stateful for CompressorInstance {
+    fn save(&mut self) -> Result<&[u8], Fail> {
+        self.scratch.clear();
+        self.compressor.save_state(&mut self.scratch)?;
+        Ok(&self.scratch)
+    }
+    fn load(&mut self, state: &[u8]) -> Result<(), Fail> {
+        Ok(self.compressor.load_state(state)?)
+    }
+}
+
+impl Stateful for ControllerInstance {
+    fn save(&mut self) -> Result<&[u8], Fail> {
+        self.scratch.clear();
+        self.controller.save_state(&mut self.scratch)?;
+        Ok(&self.scratch)
+    }
+    fn load(&mut self, state: &[u8]) -> Result<(), Fail> {
+        Ok(self.controller.load_state(state)?)
+    }
+}
+
+unsafe extern "C" fn save_state<I: Stateful>(
+    inst: *mut c_void,
+    out: *const RgSink,
+    err: *const RgErrorOut,
+) -> RgStatus {
+    // SAFETY: the ABI's guarantees on every pointer (module doc).
+    unsafe {
+        guard(err, || {
+            let me = instance::<I>(inst)?;
+            write_sink(out, me.save()?)
+        })
+    }
+}
+
+unsafe extern "C" fn load_state<I: Stateful>(
+    inst: *mut c_void,
+    state: *const u8,
+    state_len: usize,
+    err: *const RgErrorOut,
+) -> RgStatus {
+    // SAFETY: the ABI's guarantees on every pointer (module doc).
+    unsafe {
+        guard(err, || {
+            let me = instance::<I>(inst)?;
+            me.load(bytes(state, state_len)?)
+        })
+    }
+}
+
 fn compressor_info(c: &dyn Compressor) -> RgCompressorInfo {
     let (aggregation, element) = match c.aggregation() {
         Aggregation::Gather => (AGGREGATION_GATHER, ELEMENT_F32),
@@ -553,38 +613,6 @@ unsafe extern "C" fn compressor_decompress_add(
     }
 }
 
-unsafe extern "C" fn compressor_save_state(
-    inst: *mut c_void,
-    out: *const RgSink,
-    err: *const RgErrorOut,
-) -> RgStatus {
-    // SAFETY: the ABI's guarantees on every pointer (module doc).
-    unsafe {
-        guard(err, || {
-            let me = instance::<CompressorInstance>(inst)?;
-            me.scratch.clear();
-            me.compressor.save_state(&mut me.scratch)?;
-            write_sink(out, &me.scratch)
-        })
-    }
-}
-
-unsafe extern "C" fn compressor_load_state(
-    inst: *mut c_void,
-    state: *const u8,
-    state_len: usize,
-    err: *const RgErrorOut,
-) -> RgStatus {
-    // SAFETY: the ABI's guarantees on every pointer (module doc).
-    unsafe {
-        guard(err, || {
-            let me = instance::<CompressorInstance>(inst)?;
-            me.compressor.load_state(bytes(state, state_len)?)?;
-            Ok(())
-        })
-    }
-}
-
 /// The functions behind every compressor export.
 static COMPRESSOR_VTABLE: RgCompressorVTable = RgCompressorVTable {
     size: std::mem::size_of::<RgCompressorVTable>() as u32,
@@ -593,8 +621,8 @@ static COMPRESSOR_VTABLE: RgCompressorVTable = RgCompressorVTable {
     compress: compressor_compress,
     next_round: compressor_next_round,
     decompress_add: compressor_decompress_add,
-    save_state: compressor_save_state,
-    load_state: compressor_load_state,
+    save_state: save_state::<CompressorInstance>,
+    load_state: load_state::<CompressorInstance>,
 };
 
 /// What `inst` points at for a batch controller.
@@ -681,44 +709,12 @@ unsafe extern "C" fn controller_observe(
     }
 }
 
-unsafe extern "C" fn controller_save_state(
-    inst: *mut c_void,
-    out: *const RgSink,
-    err: *const RgErrorOut,
-) -> RgStatus {
-    // SAFETY: the ABI's guarantees on every pointer (module doc).
-    unsafe {
-        guard(err, || {
-            let me = instance::<ControllerInstance>(inst)?;
-            me.scratch.clear();
-            me.controller.save_state(&mut me.scratch)?;
-            write_sink(out, &me.scratch)
-        })
-    }
-}
-
-unsafe extern "C" fn controller_load_state(
-    inst: *mut c_void,
-    state: *const u8,
-    state_len: usize,
-    err: *const RgErrorOut,
-) -> RgStatus {
-    // SAFETY: the ABI's guarantees on every pointer (module doc).
-    unsafe {
-        guard(err, || {
-            let me = instance::<ControllerInstance>(inst)?;
-            me.controller.load_state(bytes(state, state_len)?)?;
-            Ok(())
-        })
-    }
-}
-
 /// The functions behind every batch-controller export.
 static CONTROLLER_VTABLE: RgControllerVTable = RgControllerVTable {
     size: std::mem::size_of::<RgControllerVTable>() as u32,
     create: controller_create,
     destroy: controller_destroy,
     observe: controller_observe,
-    save_state: controller_save_state,
-    load_state: controller_load_state,
+    save_state: save_state::<ControllerInstance>,
+    load_state: load_state::<ControllerInstance>,
 };

@@ -5,6 +5,7 @@
 //! [`Backend`], recording what it did in a [`Trace`].
 
 pub mod backend;
+pub mod batch;
 pub mod comm;
 pub mod compress;
 pub mod data;

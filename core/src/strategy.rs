@@ -23,6 +23,10 @@ pub struct Strategy {
     /// the top level); `None` is dense f32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compress: Option<CompressSpec>,
+    /// Batch-size control (`batch …`); `None`: the caller's fixed batch, and the
+    /// schedules run on the step count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<crate::batch::BatchSpec>,
 }
 
 /// The optimizers Regimen implements, with PyTorch's update rules.

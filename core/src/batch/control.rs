@@ -1,0 +1,7 @@
+//! placeholder
+/// placeholder
+pub struct BatchControl;
+/// placeholder
+pub struct BatchReport;
+/// placeholder
+pub struct SmallBatchNorms;

@@ -102,7 +102,7 @@ fn run(script_path: &str) -> Result<(), Box<dyn std::error::Error>> {
             let mut param_views: Vec<HostTensorMut> =
                 params.iter_mut().map(|p| HostTensorMut::F32(p)).collect();
             let report =
-                stepper.step(&mut param_views, &grad_views, &Metrics { loss: Some(loss) })?;
+                stepper.step(&mut param_views, &grad_views, &Metrics::from_loss(loss))?;
             lr = report
                 .scalars
                 .iter()

@@ -54,7 +54,7 @@
 //!     let report = stepper.step(
 //!         &mut [HostTensorMut::F32(&mut w)],
 //!         &[HostTensor::F32(&grad)],
-//!         &Metrics { loss: Some(loss) },
+//!         &Metrics::from_loss(loss),
 //!     )?;
 //!     assert!(!report.skipped);
 //! }
@@ -445,7 +445,14 @@ pub fn with_script_plugins(compiled: &Compiled, options: StepperOptions) -> Step
         .plugins
         .registry()
         .with_methods_of(&options.compressors);
-    options.with_compressors(registry)
+    let samples_per_epoch = options.samples_per_epoch.or_else(|| {
+        let samples = compiled.steps_per_epoch? * compiled.batch_size?;
+        (samples.is_finite() && samples >= 1.0).then(|| samples.round() as u64)
+    });
+    options
+        .with_compressors(registry)
+        .with_plugins(compiled.plugins.clone())
+        .with_samples_per_epoch(samples_per_epoch)
 }
 
 /// One worker's run (worker 0's reports are kept, every `every`-th step and the last;
@@ -485,9 +492,16 @@ impl WorkerRun<'_> {
         )?;
         let every = self.every.max(1);
         let mut kept = Vec::new();
-        for step in 0..self.steps {
+        // With batch control the run lasts until the schedules' clock reaches the
+        // length (in reference steps), however many steps that takes.
+        let done = |stepper: &Stepper<B>| match stepper.batch_control() {
+            Some(control) => control.progress() >= self.steps as f64,
+            None => stepper.step_index() >= self.steps,
+        };
+        while !done(&stepper) {
+            let step = stepper.step_index();
             let report = model.step(&mut stepper)?;
-            if rank == 0 && (step % every == 0 || step + 1 == self.steps) {
+            if rank == 0 && (step % every == 0 || done(&stepper)) {
                 kept.push(report);
             }
         }
@@ -627,7 +641,7 @@ pub fn trace_problem(
 ///     let grad_views: Vec<HostTensor> = grads.iter().map(|g| HostTensor::F32(g)).collect();
 ///     let mut param_views: Vec<HostTensorMut> =
 ///         params.iter_mut().map(|p| HostTensorMut::F32(p)).collect();
-///     let report = stepper.step(&mut param_views, &grad_views, &Metrics { loss: Some(loss) })?;
+///     let report = stepper.step(&mut param_views, &grad_views, &Metrics::from_loss(loss))?;
 ///     if report.skipped {
 ///         eprintln!("step {} skipped: non-finite gradients", report.step);
 ///     }

@@ -265,6 +265,8 @@ fn run_on(
             total_steps,
             steps_per_epoch,
             batch,
+            progress_total,
+            progress_start,
             train_rows,
             test_rows,
             model,
@@ -294,17 +296,18 @@ fn run_on(
                 );
                 println!("{EPOCH_HEADER}");
             });
-            bar.set_length(total_steps);
-            bar.set_position(start_step);
+            bar.set_length(progress_total);
+            bar.set_position(progress_start);
             bar.set_prefix("train");
         }
         RunEvent::Step {
-            step,
             loss,
             lr,
             batch,
+            progress,
+            ..
         } => {
-            bar.set_position(step + 1);
+            bar.set_position(progress);
             bar.set_message(format!("loss {loss:.4} lr {lr:.3e} batch {batch}"));
         }
         RunEvent::Epoch(summary) => bar.suspend(|| println!("{}", epoch_line(summary))),
@@ -375,19 +378,21 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     let bar = progress_bar(args.quiet);
     let mut observer = |script: &std::path::Path, seed: u64, event: RunEvent<'_>| match event {
         RunEvent::Started {
-            total_steps,
-            start_step,
+            progress_total,
+            progress_start,
             ..
         } => {
-            bar.set_length(total_steps);
-            bar.set_position(start_step);
+            bar.set_length(progress_total);
+            bar.set_position(progress_start);
             let name = script
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             bar.set_prefix(format!("{name} seed {seed}"));
         }
-        RunEvent::Step { step, loss, lr, .. } => {
-            bar.set_position(step + 1);
+        RunEvent::Step {
+            loss, lr, progress, ..
+        } => {
+            bar.set_position(progress);
             bar.set_message(format!("loss {loss:.4} lr {lr:.3e}"));
         }
         RunEvent::Epoch(_) => {}

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use regimen_core::batch::{ControllerSpec, SmallBatchNorms};
 use regimen_core::data::{DataError, Dataset, Split, TeacherSpec};
 use regimen_core::nn::{Evaluation, Mlp, ModelError};
 use regimen_core::problem::{Buffers, SplitMix64};
@@ -314,10 +315,15 @@ pub enum RunEvent<'a> {
         start_step: u64,
         /// Steps of the whole run.
         total_steps: u64,
-        /// Steps per epoch.
+        /// Steps per epoch (with batch control: at the base batch).
         steps_per_epoch: u64,
-        /// Samples per step.
+        /// Samples per step (with batch control: the base batch).
         batch: u64,
+        /// The run's length in progress units (steps with a fixed batch, samples with
+        /// batch control), and where this call starts.
+        progress_total: u64,
+        /// See `progress_total`.
+        progress_start: u64,
         /// Training rows.
         train_rows: usize,
         /// Test rows.
@@ -340,6 +346,8 @@ pub enum RunEvent<'a> {
         lr: f64,
         /// Samples per step.
         batch: u64,
+        /// Where the run stands after the step, in the units of `progress_total`.
+        progress: u64,
     },
     /// An epoch is done and evaluated.
     Epoch(&'a EpochSummary),
@@ -434,6 +442,12 @@ pub const TRACE_COLUMNS: [&str; 12] = [
     "wire_bytes_dense",
 ];
 
+/// Columns `trace.csv` has after [`TRACE_COLUMNS`] when the script controls the
+/// batch: samples seen after the step, the schedules' clock the step ran at, its lr
+/// factor, the smoothed gradient noise scale and AdaScale gain.
+pub const BATCH_TRACE_COLUMNS: [&str; 5] =
+    ["samples", "progress", "lr_factor", "noise_scale", "gain"];
+
 /// Columns of `epochs.csv` after `step`.
 pub const EPOCH_COLUMNS: [&str; 8] = [
     "epoch",
@@ -494,7 +508,10 @@ struct Plan<'a> {
     split: &'a Split,
     batch: usize,
     steps_per_epoch: u64,
+    /// Steps of the run with a fixed batch (with batch control: of the base batch).
     total_steps: u64,
+    /// When the run ends.
+    length: RunLength,
     seed: u64,
     workers: usize,
     micro_batch: Option<usize>,
@@ -509,6 +526,52 @@ struct Plan<'a> {
     distributed: bool,
     check_every: u64,
     fault: Option<Fault>,
+}
+
+/// When a run ends: after a number of steps (a fixed batch), of samples (batch
+/// control), or when the schedules' clock reaches a point (AdaScale, whose clock
+/// runs slower than the data).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RunLength {
+    Steps(u64),
+    Samples(u64),
+    Progress(f64),
+}
+
+impl Plan<'_> {
+    fn controlled(&self) -> bool {
+        !matches!(self.length, RunLength::Steps(_))
+    }
+
+    /// Whether the run is over after `steps` steps and `samples` samples, the
+    /// schedules' clock standing at `progress`.
+    fn done(&self, steps: u64, samples: u64, progress: f64) -> bool {
+        match self.length {
+            RunLength::Steps(total) => steps >= total,
+            RunLength::Samples(total) => samples >= total,
+            RunLength::Progress(total) => progress >= total,
+        }
+    }
+
+    /// A position of the run as a progress bar counts it: steps with a fixed batch,
+    /// samples with batch control (AdaScale: its clock in base-batch samples). With
+    /// `u64::MAX` samples and an infinite clock, the run's whole length.
+    fn progress_units(&self, steps: u64, samples: u64, progress: f64) -> u64 {
+        match self.length {
+            RunLength::Steps(total) => steps.min(total),
+            RunLength::Samples(total) => samples.min(total),
+            RunLength::Progress(total) => (progress.min(total) * self.batch as f64).round() as u64,
+        }
+    }
+
+    /// The columns of `trace.csv`.
+    fn trace_columns(&self) -> Vec<&'static str> {
+        let mut columns = TRACE_COLUMNS.to_vec();
+        if self.controlled() {
+            columns.extend(BATCH_TRACE_COLUMNS);
+        }
+        columns
+    }
 }
 
 /// Compile `script_path` for the data's epoch length and train as `options` say.
@@ -634,21 +697,50 @@ fn run_inner(
         ))
         .into());
     }
-    let steps_per_epoch = split.train.len().div_ceil(batch) as u64;
-    let script = Script::from_file_with(
-        script_path,
-        &crate::CompileOptions {
-            steps_per_epoch: Some(steps_per_epoch as f64),
-            batch_size: Some(batch as f64),
-            plugin_path: options.plugin_path.clone(),
-            ..Default::default()
-        },
-    )?;
+    let rows = split.train.len();
+    let steps_per_epoch = rows.div_ceil(batch) as u64;
+    let compile = |steps_per_epoch: f64| {
+        Script::from_file_with(
+            script_path,
+            &crate::CompileOptions {
+                steps_per_epoch: Some(steps_per_epoch),
+                batch_size: Some(batch as f64),
+                plugin_path: options.plugin_path.clone(),
+                ..Default::default()
+            },
+        )
+    };
+    let mut script = compile(steps_per_epoch as f64)?;
+    // With batch control the schedules run on samples: an epoch is the data's rows,
+    // `rows / batch` reference steps, whatever the batch of each step.
+    let control = script.strategy().batch.clone();
+    if control.is_some() {
+        script = compile(rows as f64 / batch as f64)?;
+    }
+    if let Some(spec) = &control {
+        if communicator.is_some() && spec.bounds.multiple_of % workers as u64 != 0 {
+            return Err(TrainError::Config(format!(
+                "the batch controller's batches must split evenly between the {workers} ranks:                  add `multiple_of: {workers}` to the `batch` statement"
+            ))
+            .into());
+        }
+    }
     let epochs = match options.epochs {
         Some(0) => return Err(TrainError::Config("--epochs must be at least 1".into()).into()),
         Some(epochs) => epochs,
-        None => match script.compiled().horizon_steps() {
-            Some(steps) if steps > 0 => steps.div_ceil(steps_per_epoch),
+        None => match (script.compiled().graph.horizon, script.compiled().horizon_steps()) {
+            (Some(horizon), _) if control.is_some() && horizon > 0.0 => {
+                // The horizon in reference steps, as whole epochs (a horizon of whole
+                // epochs is exact up to rounding, not one epoch more).
+                let epochs = horizon * batch as f64 / rows as f64;
+                let nearest = epochs.round();
+                if (epochs - nearest).abs() < 1e-9 * epochs.max(1.0) {
+                    nearest.max(1.0) as u64
+                } else {
+                    epochs.ceil() as u64
+                }
+            }
+            (_, Some(steps)) if steps > 0 => steps.div_ceil(steps_per_epoch),
             _ => {
                 return Err(TrainError::Config(format!(
                     "`{}` sets no horizon: pass `--epochs N` (or add e.g. `horizon 20 epochs`)",
@@ -659,6 +751,16 @@ fn run_inner(
         },
     };
     let total_steps = epochs.saturating_mul(steps_per_epoch);
+    let length = match &control {
+        None => RunLength::Steps(total_steps),
+        Some(spec) if matches!(spec.controller, ControllerSpec::AdaScale { .. }) => {
+            RunLength::Progress(epochs as f64 * rows as f64 / batch as f64)
+        }
+        Some(_) => RunLength::Samples(epochs.saturating_mul(rows as u64)),
+    };
+    let micro_batch = options
+        .micro_batch
+        .or_else(|| control.as_ref().and_then(|c| c.micro_batch).map(|m| m as usize));
     let out = options.out.as_ref().map(|dir| OutDir { dir: dir.clone() });
     let config = RunConfig {
         model: mlp.describe(),
@@ -666,7 +768,7 @@ fn run_inner(
         seed: options.seed,
         workers,
         batch: batch as u64,
-        micro_batch: options.micro_batch.map(|m| m as u64),
+        micro_batch: micro_batch.map(|m| m as u64),
         steps_per_epoch,
     };
     if let Some(out) = &out {
@@ -681,9 +783,10 @@ fn run_inner(
         batch,
         steps_per_epoch,
         total_steps,
+        length,
         seed: options.seed,
         workers,
-        micro_batch: options.micro_batch,
+        micro_batch,
         out: out.as_ref(),
         resume: options.resume,
         interrupt,
@@ -705,6 +808,7 @@ fn run_inner(
     let History {
         trace,
         epochs: epoch_rows,
+        finished,
     } = history;
     let summary = summarize(
         &plan,
@@ -714,6 +818,7 @@ fn run_inner(
         epochs,
         start_step,
         started,
+        finished,
     );
     if let Some(out) = out.as_ref().filter(|_| rank == 0) {
         write_atomic(&out.summary(), &serde_json_pretty(&summary))?;
@@ -814,16 +919,19 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), TrainError> {
 struct History {
     trace: Trace,
     epochs: Vec<EpochSummary>,
+    /// The run reached its end (not stopped early).
+    finished: bool,
 }
 
 impl History {
-    fn new() -> Self {
+    fn new(columns: &[&str]) -> Self {
         Self {
             trace: Trace {
-                columns: TRACE_COLUMNS.iter().map(|c| c.to_string()).collect(),
+                columns: columns.iter().map(|c| c.to_string()).collect(),
                 records: Vec::new(),
             },
             epochs: Vec::new(),
+            finished: false,
         }
     }
 
@@ -837,13 +945,13 @@ impl History {
     }
 
     /// The rows of a stopped run, up to (not including) `step`.
-    fn read(out: &OutDir, step: u64) -> Result<Self, TrainError> {
+    fn read(out: &OutDir, step: u64, columns: &[&str]) -> Result<Self, TrainError> {
         let resume_error = |reason: String| TrainError::Resume {
             dir: out.dir.clone(),
             reason,
         };
-        let mut history = Self::new();
-        let trace = read_csv(&out.trace(), &TRACE_COLUMNS).map_err(resume_error)?;
+        let mut history = Self::new(columns);
+        let trace = read_csv(&out.trace(), columns).map_err(resume_error)?;
         history.trace.records = trace
             .records
             .into_iter()
@@ -1208,26 +1316,44 @@ impl<'a> Worker<'a> {
         Ok(interrupted)
     }
 
-    /// Whether the distributed check runs after `step` steps.
-    fn checks_after(&self, step: u64) -> bool {
+    /// Whether the distributed check runs after `step` steps (`epoch_done`: the step
+    /// ended an epoch; `last`: the run is over).
+    fn checks_after(&self, step: u64, epoch_done: bool, last: bool) -> bool {
         let plan = self.plan;
         let fault = plan
             .fault
             .is_some_and(|f| f.kind == FaultKind::Diverge && f.step + 1 == step);
         plan.distributed
             && (step % plan.check_every == 0
-                || step % plan.steps_per_epoch == 0
-                || step == plan.total_steps
+                || epoch_done
+                || last
                 || step == plan.stop_at.load(Ordering::SeqCst)
                 || fault)
     }
 
-    /// The rows of batch `index` of `epoch` that this worker computes: the batch's
-    /// rows are split into contiguous shards, the first `len % W` one row longer.
-    fn shard(&self, order: &[usize], index: u64) -> (std::ops::Range<usize>, usize) {
-        let start = index as usize * self.plan.batch;
-        let end = (start + self.plan.batch).min(order.len());
-        let len = end - start;
+    /// Where the run stands after `steps` steps and `samples` samples, in the units
+    /// of [`Plan::progress_units`].
+    fn progress_units(&self, steps: u64, samples: u64) -> u64 {
+        let progress = self
+            .stepper
+            .batch_control()
+            .map_or(steps as f64, |c| c.progress());
+        self.plan.progress_units(steps, samples, progress)
+    }
+
+    /// Whether the run is over after `steps` steps and `samples` samples.
+    fn done(&self, steps: u64, samples: u64) -> bool {
+        let progress = self
+            .stepper
+            .batch_control()
+            .map_or(steps as f64, |c| c.progress());
+        self.plan.done(steps, samples, progress)
+    }
+
+    /// The rows of the batch of `len` rows starting at `start` of the epoch's order
+    /// that this worker computes: the batch's rows are split into contiguous shards,
+    /// the first `len % W` one row longer.
+    fn shard(&self, start: usize, len: usize) -> (std::ops::Range<usize>, usize) {
         let (w, r) = (self.plan.workers, self.rank);
         let (base, extra) = (len / w, len % w);
         let begin = start + r * base + r.min(extra);
@@ -1242,9 +1368,10 @@ impl<'a> Worker<'a> {
     ) -> Result<Option<(History, u64)>, Error> {
         let plan = self.plan;
         let start_step = self.stepper.step_index();
+        let columns = plan.trace_columns();
         let mut history = match (plan.resume, plan.out, self.rank) {
-            (true, Some(out), 0) => History::read(out, start_step)?,
-            _ => History::new(),
+            (true, Some(out), 0) => History::read(out, start_step, &columns)?,
+            _ => History::new(&columns),
         };
         if let Some(observer) = observer.as_deref_mut() {
             observer(RunEvent::Started {
@@ -1252,6 +1379,8 @@ impl<'a> Worker<'a> {
                 total_steps: plan.total_steps,
                 steps_per_epoch: plan.steps_per_epoch,
                 batch: plan.batch as u64,
+                progress_total: plan.progress_units(plan.total_steps, u64::MAX, f64::INFINITY),
+                progress_start: self.progress_units(start_step, samples),
                 train_rows: plan.split.train.len(),
                 test_rows: plan.split.test.len(),
                 model: plan.mlp,
@@ -1271,7 +1400,17 @@ impl<'a> Worker<'a> {
             .collect();
         let mut micro_grads = grads.clone();
         let mut step = start_step;
-        while step < plan.total_steps {
+        let rows = plan.split.train.len();
+        // An epoch is the data's rows: with a fixed batch `steps_per_epoch` steps, the
+        // last one shorter; with batch control as many steps as the batches take.
+        let mut samples = match self.stepper.batch_control() {
+            Some(control) => control.samples(),
+            None => {
+                let (epoch, index) = (step / plan.steps_per_epoch, step % plan.steps_per_epoch);
+                epoch * rows as u64 + (index as usize * plan.batch).min(rows) as u64
+            }
+        };
+        while !self.done(step, samples) {
             // Every worker stops at the same step: whoever sees the interrupt first
             // moves the stop to the step after the next one, which no peer can have
             // passed (each step waits for everyone's gradients).
@@ -1298,19 +1437,24 @@ impl<'a> Worker<'a> {
                     FaultKind::Diverge => {}
                 }
             }
-            let epoch = step / plan.steps_per_epoch;
+            let epoch = samples / rows as u64;
             if order_epoch != Some(epoch) {
-                order = (0..plan.split.train.len()).collect();
+                order = (0..rows).collect();
                 SplitMix64::keyed(plan.seed, ORDER_STREAM, epoch).shuffle(&mut order);
                 order_epoch = Some(epoch);
             }
-            let (rows, batch_len) = self.shard(&order, step % plan.steps_per_epoch);
+            let position = (samples % rows as u64) as usize;
+            let nominal = self.stepper.next_batch().map_or(plan.batch, |b| b as usize);
+            let (shard, batch_len) = self.shard(position, nominal.min(rows - position));
             x.clear();
             labels.clear();
-            plan.split.train.gather(&order[rows], &mut x, &mut labels);
+            plan.split.train.gather(&order[shard], &mut x, &mut labels);
             let master = self.params.to_f32();
-            let loss =
+            let (loss, small_batch) =
                 self.shard_loss_and_grad(&master, &x, &labels, &mut grads, &mut micro_grads)?;
+            // The noise estimator needs small batches of one size on every worker.
+            let small_batch = small_batch
+                .filter(|s| batch_len % plan.workers == 0 && (s.samples as usize) < batch_len);
             // The workers' mean gradient is the batch's mean gradient: each shard's
             // mean is weighted by W·|shard|/|batch| (1 for equal shards).
             let weight = (plan.workers * labels.len()) as f32 / batch_len as f32;
@@ -1322,8 +1466,12 @@ impl<'a> Worker<'a> {
             let report = {
                 let views = self.grads.views();
                 let mut params = self.params.views_mut();
-                self.stepper
-                    .step(&mut params, &views, &crate::Metrics { loss: Some(loss) })?
+                let metrics = crate::Metrics {
+                    loss: Some(loss),
+                    batch: plan.controlled().then_some(batch_len as u64),
+                    small_batch: small_batch.filter(|_| plan.controlled()),
+                };
+                self.stepper.step(&mut params, &views, &metrics)?
             };
             if plan.fault.is_some_and(|f| {
                 f.kind == FaultKind::Diverge && f.rank == self.rank && f.step == step
@@ -1342,13 +1490,16 @@ impl<'a> Worker<'a> {
                     observer(RunEvent::Step {
                         step,
                         loss,
-                        lr,
+                        lr: lr * report.batch.map_or(1.0, |b| b.lr_factor),
                         batch: batch_len as u64,
+                        progress: self.progress_units(step + 1, samples + batch_len as u64),
                     });
                 }
             }
             step += 1;
-            let epoch_done = step % plan.steps_per_epoch == 0;
+            samples += batch_len as u64;
+            let epoch_done = samples % rows as u64 == 0;
+            let last = self.done(step, samples);
             if epoch_done && self.rank == 0 {
                 let summary = self.epoch_summary(&history, epoch)?;
                 if let Some(observer) = observer.as_deref_mut() {
@@ -1356,14 +1507,15 @@ impl<'a> Worker<'a> {
                 }
                 history.epochs.push(summary);
             }
-            if self.checks_after(step) && self.agree(step)? {
+            if self.checks_after(step, epoch_done, last) && self.agree(step)? {
                 plan.stop_at.fetch_min(step, Ordering::SeqCst);
             }
-            let stopping = step >= plan.stop_at.load(Ordering::SeqCst) && step < plan.total_steps;
-            if epoch_done || stopping || step == plan.total_steps {
+            let stopping = step >= plan.stop_at.load(Ordering::SeqCst) && !last;
+            if epoch_done || stopping || last {
                 self.checkpoint(&history)?;
             }
         }
+        history.finished = self.done(step, samples);
         Ok((self.rank == 0 || plan.distributed).then_some((history, start_step)))
     }
 
@@ -1371,6 +1523,10 @@ impl<'a> Worker<'a> {
     /// `plan.micro_batch` rows whose gradients are accumulated (weighted by their
     /// share of the shard), as gradient accumulation does. An empty shard (a last
     /// batch smaller than the number of workers) contributes zeros and a NaN loss.
+    ///
+    /// With batch control it also returns the small batch of the noise estimator:
+    /// the micro-batches' size and mean squared gradient norm when they all have the
+    /// same size, else the whole shard's.
     fn shard_loss_and_grad(
         &self,
         params: &[Vec<f32>],
@@ -1378,34 +1534,50 @@ impl<'a> Worker<'a> {
         labels: &[u32],
         grads: &mut [Vec<f32>],
         micro_grads: &mut [Vec<f32>],
-    ) -> Result<f64, Error> {
+    ) -> Result<(f64, Option<SmallBatchNorms>), Error> {
         let mlp = self.plan.mlp;
         let rows = labels.len();
         let micro = self.plan.micro_batch.unwrap_or(rows).max(1);
+        let measure = self.plan.controlled();
+        let squared_norm =
+            |g: &[Vec<f32>]| -> f64 { g.iter().flatten().map(|&v| f64::from(v).powi(2)).sum() };
         if rows == 0 {
             grads.iter_mut().for_each(|g| g.fill(0.0));
-            return Ok(f64::NAN);
+            return Ok((f64::NAN, None));
         }
         if micro >= rows {
-            return Ok(mlp
+            let loss = mlp
                 .loss_and_grad(params, x, labels, grads)
-                .map_err(TrainError::from)?);
+                .map_err(TrainError::from)?;
+            let small = measure.then(|| SmallBatchNorms {
+                samples: rows as u64,
+                mean_sq_norm: squared_norm(grads),
+            });
+            return Ok((loss, small));
         }
         grads.iter_mut().for_each(|g| g.fill(0.0));
         let mut loss = 0.0;
+        let mut micro_sq = 0.0;
         for (xs, ys) in x.chunks(micro * mlp.inputs()).zip(labels.chunks(micro)) {
             let share = ys.len() as f64 / rows as f64;
             loss += share
                 * mlp
                     .loss_and_grad(params, xs, ys, micro_grads)
                     .map_err(TrainError::from)?;
+            if measure {
+                micro_sq += squared_norm(micro_grads);
+            }
             for (g, m) in grads.iter_mut().zip(micro_grads.iter()) {
                 for (g, m) in g.iter_mut().zip(m) {
                     *g += share as f32 * m;
                 }
             }
         }
-        Ok(loss)
+        let small = (measure && rows % micro == 0).then(|| SmallBatchNorms {
+            samples: micro as u64,
+            mean_sq_norm: micro_sq / rows.div_ceil(micro) as f64,
+        });
+        Ok((loss, small))
     }
 
     fn epoch_summary(&self, history: &History, epoch: u64) -> Result<EpochSummary, Error> {
@@ -1415,7 +1587,8 @@ impl<'a> Worker<'a> {
             .iter()
             .filter(|r| r.values[0] as u64 == epoch)
             .collect();
-        let column = |name: &str| TRACE_COLUMNS.iter().position(|c| *c == name).unwrap_or(0);
+        let columns = self.plan.trace_columns();
+        let column = |name: &str| columns.iter().position(|c| *c == name).unwrap_or(usize::MAX);
         let (loss, skipped, bytes, lr) = (
             column("loss"),
             column("skipped"),
@@ -1430,14 +1603,25 @@ impl<'a> Worker<'a> {
         let train_loss = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
         let test = self.evaluate()?;
         let last = rows.last();
+        // With batch control: the lr as the last step used it (× its factor), and the
+        // epoch's largest batch.
+        let lr_factor = column("lr_factor");
+        let batch = if self.plan.controlled() {
+            let batch = column("batch");
+            rows.iter().map(|r| r.values[batch] as u64).max().unwrap_or(0)
+        } else {
+            self.plan.batch as u64
+        };
         Ok(EpochSummary {
             epoch: epoch + 1,
             step: last.map_or(0, |r| r.step),
             train_loss,
             test_loss: test.loss,
             test_accuracy: test.accuracy,
-            lr: last.map_or(f64::NAN, |r| r.values[lr]),
-            batch: self.plan.batch as u64,
+            lr: last.map_or(f64::NAN, |r| {
+                r.values[lr] * r.values.get(lr_factor).copied().unwrap_or(1.0)
+            }),
+            batch,
             bytes_sent: rows.iter().map(|r| r.values[bytes] as u64).sum(),
             skipped: rows.iter().map(|r| r.values[skipped] as u64).sum(),
         })
@@ -1511,7 +1695,18 @@ fn step_record(
             } else {
                 wire_dense as f64
             },
-        ],
+        ]
+        .into_iter()
+        .chain(report.batch.iter().flat_map(|b| {
+            [
+                b.samples as f64,
+                b.progress,
+                b.lr_factor,
+                b.noise_scale,
+                b.gain,
+            ]
+        }))
+        .collect(),
     }
 }
 
@@ -1532,6 +1727,7 @@ fn summarize(
     epoch_count: u64,
     start_step: u64,
     started: Instant,
+    finished: bool,
 ) -> RunSummary {
     let last = epochs.last();
     let bytes_sent = column_sum(trace, "bytes_sent");
@@ -1550,8 +1746,12 @@ fn summarize(
         steps_per_epoch: plan.steps_per_epoch,
         epochs: epoch_count,
         steps_done,
-        total_steps: plan.total_steps,
-        interrupted: steps_done < plan.total_steps,
+        total_steps: if plan.controlled() && finished {
+            steps_done
+        } else {
+            plan.total_steps
+        },
+        interrupted: !finished,
         resumed_at_step: start_step,
         final_test_accuracy: last.map_or(f64::NAN, |e| e.test_accuracy),
         final_test_loss: last.map_or(f64::NAN, |e| e.test_loss),

@@ -48,6 +48,7 @@ use half::{bf16, f16};
 use thiserror::Error;
 
 use crate::backend::{Backend, HostTensor, HostTensorMut};
+use crate::batch::SmallBatchNorms;
 use crate::runtime::{Metrics, ParamSpec, RuntimeError, StepReport, Stepper};
 use crate::strategy::DType;
 
@@ -164,6 +165,9 @@ pub enum ProblemError {
         /// The number of workers.
         world: usize,
     },
+    /// Batch-size control on a problem whose minibatches have a fixed size.
+    #[error("the logistic problem draws minibatches of a fixed size: trace a `batch` statement on `--problem quadratic`")]
+    FixedBatch,
     /// A tensor has the wrong number of elements.
     #[error("{what} for `{name}`: expected {expected} elements, got {actual}")]
     TensorLength {
@@ -493,21 +497,74 @@ impl Problem {
         let params = widen(params);
         let mut wide: Vec<Vec<f64>> = self.specs.iter().map(|s| vec![0.0; s.numel()]).collect();
         let loss = self.evaluate(&params, step, Some(&mut wide));
-        if self.gradient_noise > 0.0 {
+        self.add_noise(&mut wide, step, 0, self.gradient_noise);
+        narrow_into(&wide, grads);
+        Ok(loss)
+    }
+
+    /// Add the seeded gradient noise of `step` (micro-batch `piece` of it) with
+    /// standard deviation `std_dev` to every element.
+    fn add_noise(&self, wide: &mut [Vec<f64>], step: u64, piece: u64, std_dev: f64) {
+        if std_dev > 0.0 {
             // Uniform on ±√3·σ has standard deviation σ.
-            let amplitude = self.gradient_noise * 3f64.sqrt();
-            let noise_stream = stream::NOISE.wrapping_add((self.rank as u64) << 32);
+            let amplitude = std_dev * 3f64.sqrt();
+            let noise_stream = stream::NOISE
+                .wrapping_add((self.rank as u64) << 32)
+                .wrapping_add(piece << 48);
             let mut rng = SplitMix64::keyed(self.seed, noise_stream, step);
             for value in wide.iter_mut().flatten() {
                 *value += amplitude * rng.symmetric();
             }
         }
-        for (out, g) in grads.iter_mut().zip(&wide) {
-            for (o, v) in out.as_mut().iter_mut().zip(g) {
-                *o = *v as f32;
+    }
+
+    /// The quadratic with gradient noise that depends on the batch, for batch-size
+    /// control: the noise is per sample, `gradient_noise · √base_batch` per element, so
+    /// a batch of `base_batch` has the noise it always has and a batch of `b` has
+    /// `gradient_noise · √(base_batch / b)`. This worker computes its share `b / world`
+    /// in `pieces` micro-batches of equal size, each with its own draw (piece 0 is the
+    /// draw [`Problem::loss_and_grad`] makes), and writes their mean into `grads`.
+    /// Returns the loss and the mean of the pieces' squared gradient norms (the small
+    /// batch of the noise estimator: `tr Σ = elements · gradient_noise² · base_batch`
+    /// exactly). The logistic problem's minibatches have a fixed size: it is refused.
+    pub fn loss_and_grad_at_batch<P: AsRef<[f32]>, G: AsMut<[f32]>>(
+        &self,
+        params: &[P],
+        grads: &mut [G],
+        step: u64,
+        batch: BatchShape,
+    ) -> Result<(f64, f64), ProblemError> {
+        if !matches!(self.data, Data::Quadratic { .. }) {
+            return Err(ProblemError::FixedBatch);
+        }
+        self.check(
+            "parameters",
+            "parameter",
+            params.iter().map(|p| p.as_ref().len()),
+        )?;
+        self.check(
+            "gradients",
+            "gradient",
+            grads.iter_mut().map(|g| g.as_mut().len()),
+        )?;
+        let params = widen(params);
+        let mut exact: Vec<Vec<f64>> = self.specs.iter().map(|s| vec![0.0; s.numel()]).collect();
+        let loss = self.evaluate(&params, step, Some(&mut exact));
+        let pieces = batch.pieces.max(1);
+        let piece_samples = batch.global as f64 / (self.world.max(1) as f64 * pieces as f64);
+        let std_dev = self.gradient_noise * (batch.base as f64 / piece_samples.max(1e-300)).sqrt();
+        let mut mean: Vec<Vec<f64>> = self.specs.iter().map(|s| vec![0.0; s.numel()]).collect();
+        let mut small_sq = 0.0;
+        for piece in 0..pieces {
+            let mut one = exact.clone();
+            self.add_noise(&mut one, step, piece, std_dev);
+            small_sq += one.iter().flatten().map(|v| v * v).sum::<f64>() / pieces as f64;
+            for (m, g) in mean.iter_mut().flatten().zip(one.iter().flatten()) {
+                *m += g / pieces as f64;
             }
         }
-        Ok(loss)
+        narrow_into(&mean, grads);
+        Ok((loss, small_sq))
     }
 
     /// The loss at `step` alone (the same value [`Problem::loss_and_grad`] returns).
@@ -638,6 +695,25 @@ impl Problem {
         let start = (slot * self.batch_size).min(shard.len());
         let end = (start + self.batch_size).min(shard.len());
         shard[start..end].to_vec()
+    }
+}
+
+/// The batch of one step of [`Problem::loss_and_grad_at_batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchShape {
+    /// Samples of the step, all workers together.
+    pub global: u64,
+    /// The batch at which the problem has its configured gradient noise.
+    pub base: u64,
+    /// Micro-batches per worker.
+    pub pieces: u64,
+}
+
+fn narrow_into<G: AsMut<[f32]>>(wide: &[Vec<f64>], grads: &mut [G]) {
+    for (out, g) in grads.iter_mut().zip(wide) {
+        for (o, v) in out.as_mut().iter_mut().zip(g) {
+            *o = *v as f32;
+        }
     }
 }
 
@@ -898,15 +974,48 @@ impl ProblemModel {
         let step = stepper.step_index();
         let params = self.params.to_f32();
         let mut grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
-        let loss = self
-            .problem
-            .loss_and_grad(&params, &mut grads, step)
-            .map_err(|error| RuntimeError::Strategy(error.to_string()))?;
+        let problem_error = |error: ProblemError| RuntimeError::Strategy(error.to_string());
+        let metrics = match stepper.batch_control() {
+            None => Metrics::from_loss(
+                self.problem
+                    .loss_and_grad(&params, &mut grads, step)
+                    .map_err(problem_error)?,
+            ),
+            Some(control) => {
+                // Each worker's share in micro-batches of at most `micro_batch`.
+                let global = control.next_batch();
+                let world = self.problem.world.max(1) as u64;
+                let share = global.div_ceil(world);
+                let pieces = control
+                    .spec()
+                    .micro_batch
+                    .map_or(1, |micro| share.div_ceil(micro.max(1)));
+                let shape = BatchShape {
+                    global,
+                    base: control.spec().base_batch,
+                    pieces,
+                };
+                let (loss, small_sq) = self
+                    .problem
+                    .loss_and_grad_at_batch(&params, &mut grads, step, shape)
+                    .map_err(problem_error)?;
+                // Small batches of equal whole size only: else no estimate this step.
+                let even = global % world == 0 && (global / world) % pieces == 0;
+                let small = global / world / pieces;
+                Metrics {
+                    loss: Some(loss),
+                    batch: Some(global),
+                    small_batch: (even && small < global).then_some(SmallBatchNorms {
+                        samples: small,
+                        mean_sq_norm: small_sq,
+                    }),
+                }
+            }
+        };
         self.grads.store_scaled(&grads, stepper.loss_scale() as f32);
         if self.overflow_at.contains(&step) {
             self.grads.set_infinite(0);
         }
-        let metrics = Metrics { loss: Some(loss) };
         let grads = self.grads.views();
         let mut params = self.params.views_mut();
         stepper.step(&mut params, &grads, &metrics)

@@ -103,6 +103,7 @@ impl Trace {
             .collect();
         let has_trust = reports.iter().any(|r| r.trust_ratio.is_some());
         let has_loss = reports.iter().any(|r| r.loss.is_some());
+        let has_batch = reports.iter().any(|r| r.batch.is_some());
         // (label, method) of every compression entry, in order of first appearance.
         let mut compression: Vec<(&str, &str)> = Vec::new();
         for entry in reports.iter().flat_map(|r| &r.compression) {
@@ -136,6 +137,9 @@ impl Trace {
                 columns.extend(COMPRESSION_COLUMNS.iter().map(|c| format!("{prefix}.{c}")));
             }
             columns.extend(WIRE_COLUMNS.iter().map(|c| c.to_string()));
+        }
+        if has_batch {
+            columns.extend(BATCH_COLUMNS.iter().map(|c| c.to_string()));
         }
         if has_loss {
             columns.push(LOSS_COLUMN.to_string());
@@ -181,6 +185,19 @@ impl Trace {
                         report.wire_bytes_sent as f64,
                         report.wire_bytes_received as f64,
                     ]);
+                }
+                if has_batch {
+                    values.extend(match report.batch {
+                        Some(b) => [
+                            b.batch as f64,
+                            b.samples as f64,
+                            b.progress,
+                            b.lr_factor,
+                            b.noise_scale,
+                            b.gain,
+                        ],
+                        None => [f64::NAN; 6],
+                    });
                 }
                 if has_loss {
                     values.push(report.loss.unwrap_or(f64::NAN));
@@ -254,6 +271,19 @@ pub const TRUST_COLUMNS: [&str; 3] = ["trust_min", "trust_mean", "trust_max"];
 
 /// The loss column of a runtime trace.
 pub const LOSS_COLUMN: &str = "loss";
+
+/// The batch-control columns of a runtime trace (with a `batch` statement): the
+/// step's batch, samples seen after it, the schedules' clock it ran at, its lr
+/// factor, the smoothed noise scale `B_simple` and AdaScale gain (see
+/// [`BatchReport`](crate::batch::BatchReport)).
+pub const BATCH_COLUMNS: [&str; 6] = [
+    "batch",
+    "samples",
+    "progress",
+    "lr_factor",
+    "noise_scale",
+    "gain",
+];
 
 /// The columns of each compression entry of a runtime trace, after its label
 /// (`compress.bytes_dense`, `group2.compress.rel_error`).

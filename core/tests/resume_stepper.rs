@@ -81,7 +81,7 @@ impl Run {
             })
             .collect();
         stepper
-            .step(&mut params, &grads, &Metrics { loss: Some(1.0) })
+            .step(&mut params, &grads, &Metrics::from_loss(1.0))
             .unwrap()
     }
 

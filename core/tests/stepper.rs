@@ -637,7 +637,7 @@ fn report_carries_scalars_loss_and_update_norm() {
         .step(
             &mut [HostTensorMut::F32(&mut params[0])],
             &[HostTensor::F32(&[0.5, -1.0])],
-            &Metrics { loss: Some(2.5) },
+            &Metrics::from_loss(2.5),
         )
         .unwrap();
     assert_eq!(report.loss, Some(2.5));

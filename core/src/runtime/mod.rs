@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::backend::BackendError;
+use crate::batch::{BatchReport, SmallBatchNorms};
 use crate::comm::CommError;
 use crate::compress::{BuildError, CompressError};
 use crate::strategy::DType;
@@ -86,6 +87,25 @@ impl ParamSpec {
 pub struct Metrics {
     /// Training loss of this step (unscaled), if known.
     pub loss: Option<f64>,
+    /// Samples in this step's global batch (all workers together), when it differs
+    /// from what batch control asked for (the shorter last batch of an epoch); `None`:
+    /// the batch control's [`Stepper::next_batch`]. Ignored without batch control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
+    /// This worker's gradient norms at its small batch size, for the gradient noise
+    /// estimator (see [`SmallBatchNorms`]); `None` when not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub small_batch: Option<SmallBatchNorms>,
+}
+
+impl Metrics {
+    /// Only the training loss.
+    pub fn from_loss(loss: f64) -> Self {
+        Self {
+            loss: Some(loss),
+            ..Self::default()
+        }
+    }
 }
 
 /// What one step did.
@@ -132,6 +152,9 @@ pub struct StepReport {
     /// Bytes this worker received during the step.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub wire_bytes_received: u64,
+    /// Batch control this step (`None` without a `batch` statement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchReport>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -192,6 +215,9 @@ pub enum RuntimeError {
     /// The strategy or graph is inconsistent (a missing output, a bad glob, …).
     #[error("invalid strategy: {0}")]
     Strategy(String),
+    /// Batch-size control could not start or go on.
+    #[error(transparent)]
+    Batch(#[from] crate::batch::BatchError),
     /// `lr` is not set by the script.
     #[error("the script sets no learning rate (`lr = …`)")]
     MissingLr,

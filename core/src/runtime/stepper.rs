@@ -99,6 +99,9 @@ use super::{
     ParamSpec, RuntimeError, ScaleDecision, StepReport, TrustSummary,
 };
 use crate::backend::{Backend, HostTensor, HostTensorMut};
+use crate::batch::control::{ControlState, Prepared};
+use crate::batch::{BatchControl, BatchReport, GnsSample, SmallBatchNorms};
+use crate::loader::PluginSet;
 use crate::comm::{Communicator, SingleProcess, Traffic};
 use crate::graph::{Evaluator, ScalarGraph};
 use crate::strategy::{DType, Hyper, OptimizerKind, Strategy};
@@ -141,6 +144,10 @@ pub struct Stepper<B: Backend> {
     seed: u64,
     /// Per parameter, Σ g² of this step's gradient (used only with compression).
     grad_sum_squares: Vec<f64>,
+    /// Batch-size control (`batch …`), which also moves the schedules' clock.
+    batch: Option<BatchControl>,
+    /// The position of the `lr` output among the graph's outputs.
+    lr_output: Option<usize>,
 }
 
 /// How a [`Stepper`] talks to the other workers of a data-parallel run.
@@ -152,6 +159,11 @@ pub struct StepperOptions {
     pub seed: u64,
     /// Where compressors are looked up by method name (default: the built-in ones).
     pub compressors: CompressorRegistry,
+    /// Where a `batch` statement's plugin controller is looked up (the script's
+    /// plugins; default none).
+    pub plugins: PluginSet,
+    /// The dataset's size, which batch controllers may count epochs with.
+    pub samples_per_epoch: Option<u64>,
 }
 
 impl Default for StepperOptions {
@@ -160,6 +172,8 @@ impl Default for StepperOptions {
             communicator: Box::new(SingleProcess),
             seed: 0,
             compressors: CompressorRegistry::new(),
+            plugins: PluginSet::new(),
+            samples_per_epoch: None,
         }
     }
 }
@@ -199,6 +213,18 @@ impl StepperOptions {
         self.compressors = registry;
         self
     }
+
+    /// Look a `batch` statement's plugin controller up in `plugins`.
+    pub fn with_plugins(mut self, plugins: PluginSet) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    /// Tell batch controllers the dataset's size.
+    pub fn with_samples_per_epoch(mut self, samples: Option<u64>) -> Self {
+        self.samples_per_epoch = samples;
+        self
+    }
 }
 
 /// What a checkpoint records for one parameter.
@@ -226,6 +252,9 @@ struct Header {
     /// Absent when nothing was exchanged (so such checkpoints are unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     compression: Option<CompressionRecord>,
+    /// Absent without batch control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch: Option<ControlState>,
 }
 
 /// What a checkpoint records about the compressors.
@@ -302,7 +331,18 @@ impl<B: Backend> Stepper<B> {
             communicator: comm,
             seed,
             compressors,
+            plugins,
+            samples_per_epoch,
         } = options;
+        let batch = match &strategy.batch {
+            Some(spec) => Some(BatchControl::new(spec.clone(), &plugins, samples_per_epoch)?),
+            None => None,
+        };
+        let lr_output = evaluator
+            .graph()
+            .outputs
+            .iter()
+            .position(|o| o.name == Hyper::Lr.name());
         let compression = Pipeline::build(
             &mut binding,
             &plan,
@@ -364,6 +404,8 @@ impl<B: Backend> Stepper<B> {
             comm,
             compression,
             seed,
+            batch,
+            lr_output,
         };
         stepper.allocate_scratch()?;
         Ok(stepper)
@@ -392,6 +434,17 @@ impl<B: Backend> Stepper<B> {
     /// The loss scaler and its state.
     pub fn scaler(&self) -> &LossScaler {
         &self.scaler
+    }
+
+    /// The batch the next step must run (all workers together) when the script has a
+    /// `batch` statement; `None`: the caller's own fixed batch.
+    pub fn next_batch(&self) -> Option<u64> {
+        self.batch.as_ref().map(BatchControl::next_batch)
+    }
+
+    /// The batch control, if the script has a `batch` statement.
+    pub fn batch_control(&self) -> Option<&BatchControl> {
+        self.batch.as_ref()
     }
 
     /// Index of the next step (skipped steps count: the schedules advance).
@@ -490,12 +543,22 @@ impl<B: Backend> Stepper<B> {
 
         // 2. Hyperparameters of this step, evaluated without moving the cursor so that
         // an error leaves it in place; the commit (or a skip) only advances it.
+        // With batch control the schedules run on its clock (samples / base batch).
         let step = self.evaluator.step();
+        let clock = self
+            .batch
+            .as_ref()
+            .map_or(step as f64, BatchControl::progress);
         let outputs = self.evaluator.graph().outputs.len();
         self.evaluator
             .graph()
-            .eval_into(step as f64, &mut self.values[..outputs]);
+            .eval_into(clock, &mut self.values[..outputs]);
         self.check_hypers(step)?;
+        let batch = self
+            .batch
+            .as_ref()
+            .map(|control| metrics.batch.unwrap_or(control.next_batch()));
+        let lr = self.lr_output.map(|index| self.values[index]);
 
         // 3. Gradients: unscale and check; with several workers, skip together.
         let traffic_before = self.comm.traffic();
@@ -515,20 +578,47 @@ impl<B: Backend> Stepper<B> {
                 *slot = stats.sum_squares;
             }
         }
+        // The workers agree on skipping and, with batch control, pool their
+        // small-batch norms for the noise estimator in the same allreduce.
+        let mut small = metrics.small_batch;
         if self.comm.world() > 1 {
-            let mut non_finite = [if finite { 0.0f32 } else { 1.0 }];
-            self.comm.allreduce_f32(&mut non_finite).map_err(|error| {
-                RuntimeError::Communication {
+            let world = self.comm.world() as f32;
+            let mut flags = [if finite { 0.0f32 } else { 1.0 }, 0.0, 0.0, 0.0];
+            if let Some(norms) = small.filter(|_| self.batch.is_some()) {
+                flags[1..].copy_from_slice(&[
+                    1.0,
+                    norms.mean_sq_norm as f32,
+                    norms.samples as f32,
+                ]);
+            }
+            let flags = if self.batch.is_some() {
+                &mut flags[..]
+            } else {
+                &mut flags[..1]
+            };
+            self.comm
+                .allreduce_f32(flags)
+                .map_err(|error| RuntimeError::Communication {
                     step,
                     during: "the non-finite flag".to_owned(),
                     error,
-                }
-            })?;
-            finite = non_finite[0] == 0.0;
+                })?;
+            finite = flags[0] == 0.0;
+            small = (flags.len() == 4 && flags[1] == world).then(|| SmallBatchNorms {
+                samples: (f64::from(flags[3]) / f64::from(world)).round() as u64,
+                mean_sq_norm: f64::from(flags[2]) / f64::from(world),
+            });
         }
         let mut scaler = self.scaler.clone();
         let decision = scaler.update(finite, step)?;
         if decision.skip {
+            let batch_report = match (self.batch.as_mut(), batch) {
+                (Some(control), Some(batch)) => {
+                    let prepared = control.prepare(batch, None, metrics.loss, None, lr)?;
+                    Some(control.commit(prepared))
+                }
+                _ => None,
+            };
             self.evaluator.advance();
             self.scaler = scaler;
             let exchange = Exchange {
@@ -546,6 +636,7 @@ impl<B: Backend> Stepper<B> {
                 None,
                 metrics,
                 exchange,
+                batch_report,
             ));
         }
 
@@ -563,8 +654,30 @@ impl<B: Backend> Stepper<B> {
             sum_squares = self.grad_sum_squares.iter().sum();
         }
 
-        // 5. Clipping.
+        // Batch control sees the averaged gradient before clipping, as the noise
+        // estimator's big batch; the controller decides here, before any weight moves.
         let grad_norm = sum_squares.sqrt();
+        let prepared = match (self.batch.as_mut(), batch) {
+            (Some(control), Some(batch)) => {
+                let sample = small.map(|norms| GnsSample {
+                    small_batch: norms.samples as f64,
+                    small_sq: norms.mean_sq_norm,
+                    big_batch: batch as f64,
+                    big_sq: sum_squares,
+                });
+                Some(control.prepare(
+                    batch,
+                    sample.as_ref(),
+                    metrics.loss,
+                    Some(grad_norm),
+                    lr,
+                )?)
+            }
+            _ => None,
+        };
+        let lr_factor = prepared.as_ref().map_or(1.0, Prepared::lr_factor);
+
+        // 5. Clipping.
         let mut clipped_grad_norm = grad_norm;
         if let Some(slot) = self.plan.clip_slot {
             let coef = self.values[slot] / (grad_norm + 1e-6);
@@ -587,7 +700,7 @@ impl<B: Backend> Stepper<B> {
         {
             let value = |hyper: Hyper| self.values[slots[hyper as usize]];
             let hypers = Hypers {
-                lr: value(Hyper::Lr) * bound.lr_scale,
+                lr: value(Hyper::Lr) * bound.lr_scale * lr_factor,
                 momentum: value(Hyper::Momentum),
                 dampening: value(Hyper::Dampening),
                 weight_decay: value(Hyper::WeightDecay),
@@ -626,6 +739,10 @@ impl<B: Backend> Stepper<B> {
         if let Some(pipeline) = self.compression.as_mut() {
             pipeline.commit();
         }
+        let batch_report = match (self.batch.as_mut(), prepared) {
+            (Some(control), Some(prepared)) => Some(control.commit(prepared)),
+            _ => None,
+        };
         let norms = StepNorms {
             grad_norm,
             clipped_grad_norm,
@@ -635,7 +752,15 @@ impl<B: Backend> Stepper<B> {
             compression,
             traffic: self.comm.traffic().since(&traffic_before),
         };
-        Ok(self.report(step, &decision, norms, trust.summary(), metrics, exchange))
+        Ok(self.report(
+            step,
+            &decision,
+            norms,
+            trust.summary(),
+            metrics,
+            exchange,
+            batch_report,
+        ))
     }
 
     /// Write the whole state to `path` atomically. Each worker of a data-parallel run
@@ -681,6 +806,10 @@ impl<B: Backend> Stepper<B> {
                 })
                 .collect(),
             compression,
+            batch: match &self.batch {
+                Some(control) => Some(control.save()?),
+                None => None,
+            },
         };
         let header = serde_json::to_value(&header).map_err(|error| {
             RuntimeError::Checkpoint(CheckpointError::Header {
@@ -956,6 +1085,22 @@ impl<B: Backend> Stepper<B> {
                 "its loss scaler runs a different loss-scaling spec".to_owned(),
             ));
         }
+        match (stepper.batch.as_mut(), header.batch) {
+            (Some(control), Some(state)) => control.load(state)?,
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(mismatch(
+                    "it holds no batch-control state, but this script has a `batch` statement"
+                        .to_owned(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(mismatch(
+                    "it holds batch-control state, but this script has no `batch` statement"
+                        .to_owned(),
+                ))
+            }
+        }
         stepper.evaluator = header.evaluator;
         stepper.scaler = header.scaler;
         stepper.updates = header.updates;
@@ -1088,8 +1233,10 @@ impl<B: Backend> Stepper<B> {
         trust_ratio: Option<TrustSummary>,
         metrics: &Metrics,
         exchange: Exchange,
+        batch: Option<BatchReport>,
     ) -> StepReport {
         let graph = self.evaluator.graph();
+        let lr_factor = batch.map_or(1.0, |b| b.lr_factor);
         StepReport {
             step,
             updates: self.updates,
@@ -1110,13 +1257,16 @@ impl<B: Backend> Stepper<B> {
                 .lr_bins
                 .iter()
                 .zip(&self.plan.bins)
-                .map(|(label, &(slot, scale))| (label.clone(), self.values[slot] * scale))
+                .map(|(label, &(slot, scale))| {
+                    (label.clone(), self.values[slot] * scale * lr_factor)
+                })
                 .collect(),
             trust_ratio,
             loss: metrics.loss,
             compression: exchange.compression,
             wire_bytes_sent: exchange.traffic.bytes_sent,
             wire_bytes_received: exchange.traffic.bytes_received,
+            batch,
         }
     }
 }

@@ -101,8 +101,7 @@ fn run(script_path: &str) -> Result<(), Box<dyn std::error::Error>> {
             let grad_views: Vec<HostTensor> = grads.iter().map(|g| HostTensor::F32(g)).collect();
             let mut param_views: Vec<HostTensorMut> =
                 params.iter_mut().map(|p| HostTensorMut::F32(p)).collect();
-            let report =
-                stepper.step(&mut param_views, &grad_views, &Metrics::from_loss(loss))?;
+            let report = stepper.step(&mut param_views, &grad_views, &Metrics::from_loss(loss))?;
             lr = report
                 .scalars
                 .iter()

@@ -728,7 +728,10 @@ fn run_inner(
     let epochs = match options.epochs {
         Some(0) => return Err(TrainError::Config("--epochs must be at least 1".into()).into()),
         Some(epochs) => epochs,
-        None => match (script.compiled().graph.horizon, script.compiled().horizon_steps()) {
+        None => match (
+            script.compiled().graph.horizon,
+            script.compiled().horizon_steps(),
+        ) {
             (Some(horizon), _) if control.is_some() && horizon > 0.0 => {
                 // The horizon in reference steps, as whole epochs (a horizon of whole
                 // epochs is exact up to rounding, not one epoch more).
@@ -758,9 +761,12 @@ fn run_inner(
         }
         Some(_) => RunLength::Samples(epochs.saturating_mul(rows as u64)),
     };
-    let micro_batch = options
-        .micro_batch
-        .or_else(|| control.as_ref().and_then(|c| c.micro_batch).map(|m| m as usize));
+    let micro_batch = options.micro_batch.or_else(|| {
+        control
+            .as_ref()
+            .and_then(|c| c.micro_batch)
+            .map(|m| m as usize)
+    });
     let out = options.out.as_ref().map(|dir| OutDir { dir: dir.clone() });
     let config = RunConfig {
         model: mlp.describe(),
@@ -805,21 +811,12 @@ fn run_inner(
         }
         None => run_workers(&plan, observer)?,
     };
+    let summary = summarize(&plan, &options.data, &history, epochs, start_step, started);
     let History {
         trace,
         epochs: epoch_rows,
-        finished,
+        ..
     } = history;
-    let summary = summarize(
-        &plan,
-        &options.data,
-        &trace,
-        &epoch_rows,
-        epochs,
-        start_step,
-        started,
-        finished,
-    );
     if let Some(out) = out.as_ref().filter(|_| rank == 0) {
         write_atomic(&out.summary(), &serde_json_pretty(&summary))?;
         let title = format!(
@@ -1373,6 +1370,19 @@ impl<'a> Worker<'a> {
             (true, Some(out), 0) => History::read(out, start_step, &columns)?,
             _ => History::new(&columns),
         };
+        let rows = plan.split.train.len();
+        // An epoch is the data's rows: with a fixed batch `steps_per_epoch` steps, the
+        // last one shorter; with batch control as many steps as the batches take.
+        let mut samples = match self.stepper.batch_control() {
+            Some(control) => control.samples(),
+            None => {
+                let (epoch, index) = (
+                    start_step / plan.steps_per_epoch,
+                    start_step % plan.steps_per_epoch,
+                );
+                epoch * rows as u64 + (index as usize * plan.batch).min(rows) as u64
+            }
+        };
         if let Some(observer) = observer.as_deref_mut() {
             observer(RunEvent::Started {
                 start_step,
@@ -1400,16 +1410,6 @@ impl<'a> Worker<'a> {
             .collect();
         let mut micro_grads = grads.clone();
         let mut step = start_step;
-        let rows = plan.split.train.len();
-        // An epoch is the data's rows: with a fixed batch `steps_per_epoch` steps, the
-        // last one shorter; with batch control as many steps as the batches take.
-        let mut samples = match self.stepper.batch_control() {
-            Some(control) => control.samples(),
-            None => {
-                let (epoch, index) = (step / plan.steps_per_epoch, step % plan.steps_per_epoch);
-                epoch * rows as u64 + (index as usize * plan.batch).min(rows) as u64
-            }
-        };
         while !self.done(step, samples) {
             // Every worker stops at the same step: whoever sees the interrupt first
             // moves the stop to the step after the next one, which no peer can have
@@ -1588,7 +1588,12 @@ impl<'a> Worker<'a> {
             .filter(|r| r.values[0] as u64 == epoch)
             .collect();
         let columns = self.plan.trace_columns();
-        let column = |name: &str| columns.iter().position(|c| *c == name).unwrap_or(usize::MAX);
+        let column = |name: &str| {
+            columns
+                .iter()
+                .position(|c| *c == name)
+                .unwrap_or(usize::MAX)
+        };
         let (loss, skipped, bytes, lr) = (
             column("loss"),
             column("skipped"),
@@ -1608,7 +1613,10 @@ impl<'a> Worker<'a> {
         let lr_factor = column("lr_factor");
         let batch = if self.plan.controlled() {
             let batch = column("batch");
-            rows.iter().map(|r| r.values[batch] as u64).max().unwrap_or(0)
+            rows.iter()
+                .map(|r| r.values[batch] as u64)
+                .max()
+                .unwrap_or(0)
         } else {
             self.plan.batch as u64
         };
@@ -1722,13 +1730,12 @@ fn column_sum(trace: &Trace, name: &str) -> u64 {
 fn summarize(
     plan: &Plan<'_>,
     data: &DataChoice,
-    trace: &Trace,
-    epochs: &[EpochSummary],
+    history: &History,
     epoch_count: u64,
     start_step: u64,
     started: Instant,
-    finished: bool,
 ) -> RunSummary {
+    let (trace, epochs, finished) = (&history.trace, &history.epochs, history.finished);
     let last = epochs.last();
     let bytes_sent = column_sum(trace, "bytes_sent");
     let bytes_dense = column_sum(trace, "bytes_dense");

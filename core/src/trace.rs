@@ -397,6 +397,7 @@ mod tests {
             compression: Vec::new(),
             wire_bytes_sent: 0,
             wire_bytes_received: 0,
+            batch: None,
         }
     }
 

@@ -128,7 +128,9 @@ fn the_noise_scale_is_recovered_from_workers() {
 fn one_batch_size_gives_no_estimate() {
     // One worker, no micro-batches: nothing to compare, the controller holds.
     let reports = run(&spec(gns(1), 64, None), 0.0, 1.0, 1, 20);
-    assert!(reports.iter().all(|r| r.batch.unwrap().noise_scale.is_nan()));
+    assert!(reports
+        .iter()
+        .all(|r| r.batch.unwrap().noise_scale.is_nan()));
     assert!(reports.iter().all(|r| r.batch.unwrap().next_batch == 64));
 }
 
@@ -143,11 +145,16 @@ fn gns_follows_the_estimate_at_its_checks() {
     };
     let reports = run(&spec, 0.0, 1.0, 1, 501);
     // Held until the check after step 499, then the estimate rounded to a multiple of 8.
-    assert!(reports[..499].iter().all(|r| r.batch.unwrap().next_batch == 64));
+    assert!(reports[..499]
+        .iter()
+        .all(|r| r.batch.unwrap().next_batch == 64));
     let at_check = reports[499].batch.unwrap();
     let expected = ((at_check.noise_scale / 8.0).round() * 8.0).max(8.0) as u64;
     assert_eq!(at_check.next_batch, expected);
-    assert!((expected as f64 - truth).abs() < 0.15 * truth + 8.0, "{expected} vs {truth}");
+    assert!(
+        (expected as f64 - truth).abs() < 0.15 * truth + 8.0,
+        "{expected} vs {truth}"
+    );
     assert_eq!(reports[500].batch.unwrap().batch, expected);
 }
 
@@ -167,7 +174,11 @@ fn adascale_gain_is_one_without_noise() {
         assert!((b.gain - 1.0).abs() < 1e-6, "step {k}: gain {}", b.gain);
         assert_eq!(b.lr_factor, b.gain);
         // The clock advances by the gain, 1 per step, not by the scale 4.
-        assert!((b.progress - k as f64).abs() < 1e-5, "step {k}: {}", b.progress);
+        assert!(
+            (b.progress - k as f64).abs() < 1e-5,
+            "step {k}: {}",
+            b.progress
+        );
     }
 }
 

@@ -1,6 +1,10 @@
 //! Checks and compilation: [`Script`] → [`ScalarGraph`] and [`Strategy`]. Units are
-//! resolved to steps here (so the core only sees steps), every call is checked against
-//! its parameter list, and every problem found is reported, not only the first.
+//! resolved here: every length of a schedule becomes steps (`epochs` × steps per
+//! epoch, `samples` / batch size, `%` of the horizon), so the graph only sees steps;
+//! the lengths of a `batch` controller become optimizer steps or samples
+//! ([`regimen_core::batch::Interval`]; see `strategy/batch.rs`). Every call is checked
+//! against its parameter list, and every problem found is reported, not only the
+//! first.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,7 +37,10 @@ pub const KNOWN_SCALARS: &[&str] = &[
 ];
 
 /// Statement keywords that later parts of Regimen give meaning to.
-const FUTURE_DIRECTIVES: &[&str] = &["batch", "on", "at"];
+const FUTURE_DIRECTIVES: &[&str] = &["on", "at"];
+
+/// What a statement of [`FUTURE_DIRECTIVES`] is told.
+const FUTURE_HELP: &str = "policies (`on …`, `at …`) come in a later version of Regimen";
 
 /// Settings the script may leave to the caller (command-line flags).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -95,6 +102,7 @@ pub fn compile_script(
         batch_size: options.batch_size,
         horizon: None,
         horizon_failed: false,
+        batch_failed: false,
         onecycle_momenta: HashMap::new(),
         directives: strategy::Directives::default(),
         output_spans: Vec::new(),
@@ -196,6 +204,9 @@ struct Compiler<'a> {
     /// A horizon statement exists but was rejected: do not also complain that
     /// schedules lack a length.
     horizon_failed: bool,
+    /// A `batch = N` statement exists but was rejected: do not also complain that
+    /// the batch size is unknown.
+    batch_failed: bool,
     /// The statements that build [`Compiler::strategy`], collected in the first pass.
     directives: strategy::Directives<'a>,
     /// The span each graph output is reported at by the range check, in output order.
@@ -352,7 +363,7 @@ impl<'a> Compiler<'a> {
                                 format!("`{keyword}` statements are not supported yet"),
                             )
                             .with_label("not yet supported")
-                            .with_help("batch-size control and policies come in a later version of Regimen"),
+                            .with_help(FUTURE_HELP),
                         );
                     } else {
                         let d = Diagnostic::error(
@@ -380,6 +391,7 @@ impl<'a> Compiler<'a> {
         if self.batch_size.is_none() {
             if let Some(setting) = &batch {
                 self.batch_size = self.positive_count(setting.value, "batch size");
+                self.batch_failed = self.batch_size.is_none();
             }
         }
         if self.steps_per_epoch.is_none() {

@@ -264,9 +264,11 @@ impl BatchControl {
                 self.controller
                     .load_state(&saved)
                     .map_err(|e| self.controller_error(e))?;
-                return Err(self.controller_error(regimen_plugin::ControllerError::Failed(
-                    format!("answered the learning-rate factor {scale}, which is not positive"),
-                )));
+                return Err(
+                    self.controller_error(regimen_plugin::ControllerError::Failed(format!(
+                        "answered the learning-rate factor {scale}, which is not positive"
+                    ))),
+                );
             }
             other => other,
         };

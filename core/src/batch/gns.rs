@@ -81,13 +81,13 @@ impl GnsEstimate {
     /// is not larger than the base or nothing is known).
     pub fn adascale_gain(&self, batch: f64, base: f64) -> f64 {
         let scale = batch / base;
-        if !(scale > 1.0 && base > 0.0) {
+        if scale.is_nan() || scale <= 1.0 || base <= 0.0 {
             return 1.0;
         }
         let variance = self.trace_sigma.max(0.0) / base;
         let mean_sq = self.grad_sq.max(0.0);
         let denominator = variance / scale + mean_sq;
-        if !(denominator > 0.0) {
+        if denominator.is_nan() || denominator <= 0.0 {
             return 1.0;
         }
         ((variance + mean_sq) / denominator).clamp(1.0, scale)

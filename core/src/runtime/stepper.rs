@@ -101,9 +101,9 @@ use super::{
 use crate::backend::{Backend, HostTensor, HostTensorMut};
 use crate::batch::control::{ControlState, Prepared};
 use crate::batch::{BatchControl, BatchReport, GnsSample, SmallBatchNorms};
-use crate::loader::PluginSet;
 use crate::comm::{Communicator, SingleProcess, Traffic};
 use crate::graph::{Evaluator, ScalarGraph};
+use crate::loader::PluginSet;
 use crate::strategy::{DType, Hyper, OptimizerKind, Strategy};
 
 /// The `format` field of a stepper checkpoint's header.
@@ -335,7 +335,11 @@ impl<B: Backend> Stepper<B> {
             samples_per_epoch,
         } = options;
         let batch = match &strategy.batch {
-            Some(spec) => Some(BatchControl::new(spec.clone(), &plugins, samples_per_epoch)?),
+            Some(spec) => Some(BatchControl::new(
+                spec.clone(),
+                &plugins,
+                samples_per_epoch,
+            )?),
             None => None,
         };
         let lr_output = evaluator
@@ -585,11 +589,7 @@ impl<B: Backend> Stepper<B> {
             let world = self.comm.world() as f32;
             let mut flags = [if finite { 0.0f32 } else { 1.0 }, 0.0, 0.0, 0.0];
             if let Some(norms) = small.filter(|_| self.batch.is_some()) {
-                flags[1..].copy_from_slice(&[
-                    1.0,
-                    norms.mean_sq_norm as f32,
-                    norms.samples as f32,
-                ]);
+                flags[1..].copy_from_slice(&[1.0, norms.mean_sq_norm as f32, norms.samples as f32]);
             }
             let flags = if self.batch.is_some() {
                 &mut flags[..]
@@ -629,15 +629,15 @@ impl<B: Backend> Stepper<B> {
                     .unwrap_or_default(),
                 traffic: self.comm.traffic().since(&traffic_before),
             };
-            return Ok(self.report(
+            let report = self.report(
                 step,
                 &decision,
                 StepNorms::skipped(),
                 None,
                 metrics,
                 exchange,
-                batch_report,
-            ));
+            );
+            return Ok(Self::with_batch(report, batch_report));
         }
 
         // 4. Exchange: compress, combine with the other workers, decode the average.
@@ -665,13 +665,7 @@ impl<B: Backend> Stepper<B> {
                     big_batch: batch as f64,
                     big_sq: sum_squares,
                 });
-                Some(control.prepare(
-                    batch,
-                    sample.as_ref(),
-                    metrics.loss,
-                    Some(grad_norm),
-                    lr,
-                )?)
+                Some(control.prepare(batch, sample.as_ref(), metrics.loss, Some(grad_norm), lr)?)
             }
             _ => None,
         };
@@ -752,15 +746,8 @@ impl<B: Backend> Stepper<B> {
             compression,
             traffic: self.comm.traffic().since(&traffic_before),
         };
-        Ok(self.report(
-            step,
-            &decision,
-            norms,
-            trust.summary(),
-            metrics,
-            exchange,
-            batch_report,
-        ))
+        let report = self.report(step, &decision, norms, trust.summary(), metrics, exchange);
+        Ok(Self::with_batch(report, batch_report))
     }
 
     /// Write the whole state to `path` atomically. Each worker of a data-parallel run
@@ -1233,10 +1220,8 @@ impl<B: Backend> Stepper<B> {
         trust_ratio: Option<TrustSummary>,
         metrics: &Metrics,
         exchange: Exchange,
-        batch: Option<BatchReport>,
     ) -> StepReport {
         let graph = self.evaluator.graph();
-        let lr_factor = batch.map_or(1.0, |b| b.lr_factor);
         StepReport {
             step,
             updates: self.updates,
@@ -1257,17 +1242,26 @@ impl<B: Backend> Stepper<B> {
                 .lr_bins
                 .iter()
                 .zip(&self.plan.bins)
-                .map(|(label, &(slot, scale))| {
-                    (label.clone(), self.values[slot] * scale * lr_factor)
-                })
+                .map(|(label, &(slot, scale))| (label.clone(), self.values[slot] * scale))
                 .collect(),
             trust_ratio,
             loss: metrics.loss,
             compression: exchange.compression,
             wire_bytes_sent: exchange.traffic.bytes_sent,
             wire_bytes_received: exchange.traffic.bytes_received,
-            batch,
+            batch: None,
         }
+    }
+
+    /// `report` with what batch control did; the bins' effective lr includes its factor.
+    fn with_batch(mut report: StepReport, batch: Option<BatchReport>) -> StepReport {
+        if let Some(batch) = &batch {
+            for (_, lr) in &mut report.group_lrs {
+                *lr *= batch.lr_factor;
+            }
+        }
+        report.batch = batch;
+        report
     }
 }
 

@@ -1,11 +1,12 @@
 //! The tensor side of a script — `optimizer`, `layerwise`, `group`, `layer_decay`,
-//! `precision` (with `loss_scale`), `clip` and `compress` — compiled into a
+//! `precision` (with `loss_scale`), `clip`, `compress` and `batch` — compiled into a
 //! [`Strategy`].
 //! Numeric hyperparameters become graph outputs (so any of them may be a schedule):
 //! the global value of a hyperparameter is the output [`Hyper::name`], a group's
 //! override the output [`GroupRule::output_name`]. The strategy keeps only the
 //! non-numeric choices. Groups and layer decay are in `groups`, precision and loss
-//! scaling in `precision`, gradient compression in `compress`.
+//! scaling in `precision`, gradient compression in `compress`, batch-size control in
+//! `batch`.
 //!
 //! [`Strategy`]: regimen_core::Strategy
 //! [`GroupRule::output_name`]: regimen_core::GroupRule::output_name
@@ -18,6 +19,7 @@ use super::{fmt_num, Compiler};
 use crate::ast::*;
 use crate::diagnostic::{closest, Diagnostic, Span};
 
+mod batch;
 mod compress;
 mod groups;
 mod precision;
@@ -33,6 +35,7 @@ pub(super) const DIRECTIVES: &[&str] = &[
     "precision",
     "clip",
     "compress",
+    "batch",
 ];
 
 /// A typical use of each strategy statement, for help texts.
@@ -44,6 +47,7 @@ pub(super) fn example(keyword: &str) -> &'static str {
         "layer_decay" => "layer_decay 0.75",
         "precision" => "precision bf16",
         "compress" => "compress topk(ratio: 0.01) with error_feedback",
+        "batch" => batch::EXAMPLE,
         _ => "clip norm: 1.0",
     }
 }
@@ -90,6 +94,7 @@ pub(super) struct Directives<'a> {
     precision: Option<&'a Directive>,
     clip: Option<&'a Directive>,
     compress: Option<&'a Directive>,
+    batch: Option<&'a Directive>,
     groups: Vec<&'a Directive>,
 }
 
@@ -165,10 +170,20 @@ impl<'a> Compiler<'a> {
             "layer_decay" => &mut self.directives.layer_decay,
             "precision" => &mut self.directives.precision,
             "compress" => &mut self.directives.compress,
+            "batch" => &mut self.directives.batch,
             _ => &mut self.directives.clip,
         };
         match slot {
             None => *slot = Some(directive),
+            Some(first) if keyword == "batch" => {
+                let first = first.keyword.span;
+                self.error(
+                    Diagnostic::error(directive.keyword.span, "batch size control is set twice")
+                        .with_label("again here")
+                        .with_note(first, "first set here")
+                        .with_help("a script has one batch controller; keep one of them"),
+                );
+            }
             Some(first) => {
                 let first = first.keyword.span;
                 let help = match keyword {
@@ -295,6 +310,9 @@ impl<'a> Compiler<'a> {
             if let Some(precision) = self.precision_statement(directive) {
                 self.strategy.precision = precision;
             }
+        }
+        if let Some(directive) = directives.batch {
+            self.strategy.batch = self.batch_statement(directive);
         }
     }
 

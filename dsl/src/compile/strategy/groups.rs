@@ -9,7 +9,7 @@ use regimen_core::{BinaryOp, GroupRule, Hyper, LayerDecay, NodeId, OptimizerKind
 
 use super::readers;
 use crate::ast::*;
-use crate::compile::{fmt_num, Compiler, Sched, Value, FUTURE_DIRECTIVES};
+use crate::compile::{fmt_num, Compiler, Sched, Value, FUTURE_DIRECTIVES, FUTURE_HELP};
 use crate::diagnostic::{closest, Diagnostic, Span};
 
 /// Group settings that are switches rather than hyperparameters.
@@ -326,7 +326,11 @@ impl<'a> Compiler<'a> {
                         format!("`{keyword}` statements are not supported yet"),
                     )
                     .with_label("not yet supported")
-                    .with_help("batch-size control, policies and plugins come in a later version of Regimen")
+                    .with_help(FUTURE_HELP)
+                } else if keyword == "batch" {
+                    Diagnostic::error(inner.keyword.span, "batch size control is global")
+                        .with_label("not a group setting")
+                        .with_help("move `batch …` to the top level: one controller sets the batch for every parameter")
                 } else {
                     Diagnostic::error(
                         inner.keyword.span,

@@ -155,6 +155,98 @@ fn wsd() {
     assert_trace_snapshot!("examples/wsd.regimen");
 }
 
+// ---- issue 6: batch-size control. The synthetic-problem scripts run on the quadratic
+// problem (a snapshot per built-in controller: the batch, samples seen, the schedules'
+// clock, the lr factor, the noise scale and the gain of each step); the digits ones
+// are pinned as schedules, one record per epoch of the base batch.
+
+#[test]
+fn batch_fixed() {
+    // lr_factor 4 (linear rule, 128 / 32); 200 base steps = 50 steps of 128.
+    assert_trace_snapshot!(
+        "examples/batch_fixed.regimen",
+        problem = "quadratic",
+        every = 5
+    );
+}
+
+#[test]
+fn batch_ramp() {
+    assert_trace_snapshot!(
+        "examples/batch_ramp.regimen",
+        problem = "quadratic",
+        every = 5
+    );
+}
+
+#[test]
+fn batch_step_ramp() {
+    assert_trace_snapshot!(
+        "examples/batch_step_ramp.regimen",
+        problem = "quadratic",
+        every = 10
+    );
+}
+
+#[test]
+fn batch_loss_rule() {
+    assert_trace_snapshot!(
+        "examples/batch_loss_rule.regimen",
+        problem = "quadratic",
+        every = 2
+    );
+}
+
+#[test]
+fn batch_gns() {
+    assert_trace_snapshot!(
+        "examples/batch_gns.regimen",
+        problem = "quadratic",
+        every = 5
+    );
+}
+
+#[test]
+fn batch_gns_two_workers() {
+    // The small batch is each worker's half as well as its micro-batches.
+    assert_trace_snapshot!(
+        "examples/batch_gns.regimen",
+        problem = "quadratic",
+        workers = 2,
+        every = 5,
+        name = "batch_gns_two_workers",
+    );
+}
+
+#[test]
+fn batch_adascale() {
+    assert_trace_snapshot!(
+        "examples/batch_adascale.regimen",
+        problem = "quadratic",
+        every = 10
+    );
+}
+
+#[test]
+fn digits_ramp() {
+    assert_trace_snapshot!("examples/digits_ramp.regimen", every = 45);
+}
+
+#[test]
+fn digits_loss_rule() {
+    assert_trace_snapshot!("examples/digits_loss_rule.regimen", every = 45);
+}
+
+#[test]
+fn digits_gns() {
+    assert_trace_snapshot!("examples/digits_gns.regimen", every = 45);
+}
+
+#[test]
+fn digits_adascale() {
+    assert_trace_snapshot!("examples/digits_adascale.regimen", every = 45);
+}
+
 /// The options of the macro: `steps_per_epoch` overrides the script's epoch length
 /// and `name` the snapshot's name.
 #[test]

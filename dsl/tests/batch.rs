@@ -416,11 +416,13 @@ fn a_plugin_controller_gets_its_own_arguments_with_lengths_in_samples() {
         &BatchSpec {
             controller: ControllerSpec::Plugin {
                 name: "adabatch".into(),
-                // The common arguments are the host's: not passed on.
+                // The common arguments are the host's; AdaBatch declares `max` too, so
+                // it gets that one as well (its lr scale follows its own answer).
                 args: Args::new()
                     .with("every", ArgValue::Number(2.0))
                     .with("factor", ArgValue::Number(3.0))
-                    .with("lr_scale", ArgValue::Text("sqrt".into())),
+                    .with("lr_scale", ArgValue::Text("sqrt".into()))
+                    .with("max", ArgValue::Number(1024.0)),
             },
             bounds: BatchBounds {
                 min: 1,

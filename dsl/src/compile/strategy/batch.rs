@@ -841,7 +841,8 @@ impl<'a> Compiler<'a> {
     // ----- plugin controllers ----------------------------------------------------
 
     /// A controller exported by one of the script's plugins: the common arguments
-    /// are the host's, the rest go to the plugin (lengths in samples), which is
+    /// are the host's (and also the plugin's when it declares one of them, as
+    /// AdaBatch declares `max`), the rest go to the plugin (lengths in samples), which is
     /// created once here so that it judges them.
     fn plugin_controller(
         &mut self,
@@ -920,7 +921,25 @@ impl<'a> Compiler<'a> {
                     ok = false;
                 }
                 if let Some(s) = common.slots.get_mut(slot) {
-                    *s = Some((value, arg.value.span, arg_span));
+                    *s = Some((value.clone(), arg.value.span, arg_span));
+                }
+                // A plugin that declares the same name (AdaBatch's `max`) gets it too,
+                // so that its own decisions (e.g. its lr scale) agree with the bound.
+                if schema.iter().any(|(p, _, _)| *p == arg_name.name) {
+                    written.push(PluginArg {
+                        name: arg_name,
+                        span: arg_span,
+                    });
+                    match self.plugin_arg_value(
+                        &name.name,
+                        &arg_name.name,
+                        value,
+                        arg.value.span,
+                        base,
+                    ) {
+                        Some(v) => plugin_args = plugin_args.with(arg_name.name.clone(), v),
+                        None => ok = false,
+                    }
                 }
                 continue;
             }

@@ -269,3 +269,72 @@ fn a_global_batch_that_the_ranks_cannot_share_is_refused() -> TestResult {
     );
     Ok(())
 }
+
+/// Batch control across ranks: the gradient noise scale from each rank's gradient
+/// and the allreduced one (pooled in the non-finite flag's allreduce), the same
+/// batches, noise estimates and losses as the in-process workers.
+#[test]
+fn two_ranks_control_the_batch_like_two_workers() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("gns.regimen");
+    std::fs::write(
+        &script,
+        "horizon 3 epochs\nbatch = 64\nlr = 1e-3\noptimizer adamw\n\
+         batch gns(min: 32, max: 512, multiple_of: 16, every: 1 epoch) { lr scale sqrt }\n",
+    )?;
+    let script = script.to_string_lossy().into_owned();
+    let (mpi, threads) = (dir.path().join("mpi"), dir.path().join("threads"));
+    let mut command = Command::new("mpirun");
+    command
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .arg(BIN)
+        .args([
+            "run", &script, "--dist", "mpi", "--quiet", "--model", MODEL, "--out",
+        ])
+        .arg(&mpi);
+    let output = run_with_timeout(&mut command, Duration::from_secs(120))?;
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "run",
+            &script,
+            "--quiet",
+            "--model",
+            MODEL,
+            "--workers",
+            "2",
+            "--out",
+        ])
+        .arg(&threads);
+    assert!(run_with_timeout(&mut command, Duration::from_secs(120))?
+        .status
+        .success());
+    let (a, b) = (
+        std::fs::read_to_string(mpi.join("trace.csv"))?,
+        std::fs::read_to_string(threads.join("trace.csv"))?,
+    );
+    for name in [
+        "batch",
+        "samples",
+        "progress",
+        "lr_factor",
+        "noise_scale",
+        "loss",
+    ] {
+        assert_eq!(column(&a, name), column(&b, name), "{name}");
+    }
+    let noise = column(&a, "noise_scale");
+    assert!(noise.iter().all(|n| n.is_finite() && *n > 0.0), "{noise:?}");
+    let batch = column(&a, "batch");
+    assert!(
+        batch.iter().any(|&b| b != 64.0),
+        "the batch never moved: {batch:?}"
+    );
+    Ok(())
+}

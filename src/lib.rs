@@ -71,6 +71,7 @@ pub mod train;
 pub use regimen_core as core;
 pub use regimen_dsl as dsl;
 
+pub use regimen_core::batch::{BatchReport, SmallBatchNorms};
 pub use regimen_core::comm::{Communicator, SingleProcess, ThreadCluster, Traffic};
 pub use regimen_core::problem::{Problem, ProblemError, ProblemKind, ProblemModel};
 pub use regimen_core::runtime::{CompressionReport, CompressorRegistry, StepperOptions};

@@ -102,6 +102,10 @@ fn the_noise_scale_is_recovered_from_micro_batches() {
     let reports = run(&spec(gns(1 << 40), 64, Some(8)), 0.0, 1.0, 1, 1500);
     let estimate = last_noise_scale(&reports);
     let relative = (estimate - truth).abs() / truth;
+    println!(
+        "B_simple estimated {estimate:.3}, true {truth:.3} ({:.2}% off)",
+        100.0 * relative
+    );
     assert!(
         relative < 0.10,
         "B_simple {estimate} vs {truth} ({:.1}% off)",
@@ -117,6 +121,10 @@ fn the_noise_scale_is_recovered_from_workers() {
     let reports = run(&spec(gns(1 << 40), 64, None), 0.0, 1.0, 2, 1500);
     let estimate = last_noise_scale(&reports);
     let relative = (estimate - truth).abs() / truth;
+    println!(
+        "B_simple estimated {estimate:.3}, true {truth:.3} ({:.2}% off)",
+        100.0 * relative
+    );
     assert!(
         relative < 0.10,
         "B_simple {estimate} vs {truth} ({:.1}% off)",

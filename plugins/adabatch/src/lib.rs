@@ -24,8 +24,10 @@
 //! `b₀`, 8 bytes little-endian (0 before the first step), so a resumed run keeps
 //! scaling from the same base.
 //!
-//! The host drives batch controllers from issue 6 (adaptive batch size) on; until
-//! then the loader and the tests drive it directly.
+//! A script uses it as `batch adabatch(every: 2, factor: 2, max: 1024)` after its
+//! `plugin` statement; the host's batch control asks it for the next batch after
+//! every step, bounds the answer by the statement's `min`/`max`/`multiple_of` (this
+//! plugin receives `max` too), and uses its `lr_scale` as the step's lr factor.
 
 use regimen_plugin::export::{ControllerExport, Param, PluginDef};
 use regimen_plugin::{

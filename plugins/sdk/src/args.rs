@@ -9,7 +9,8 @@ use std::fmt;
 /// One argument value as a script writes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ArgValue {
-    /// A number (lengths arrive already converted to steps).
+    /// A number (lengths arrive already converted: to steps for a compressor, to
+    /// samples for a batch controller).
     Number(f64),
     /// A string or a bare word such as `sample`.
     Text(String),

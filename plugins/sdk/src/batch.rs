@@ -1,5 +1,6 @@
-//! The batch-size controller interface that built-in controllers (the adaptive-batch
-//! work) and plugins both implement.
+//! The batch-size controller interface that the built-in controllers (`fixed`,
+//! `ramp`, `loss_rule`, `gns`, `adascale` in `regimen-core`) and plugins both
+//! implement.
 //!
 //! After every step the host hands the controller what it measured
 //! ([`BatchMetrics`]: progress, the batch that ran, loss, gradient norm and noise

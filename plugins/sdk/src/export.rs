@@ -55,7 +55,8 @@ use crate::compress::Compressor;
 /// The kind of value a parameter takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamKind {
-    /// A number (lengths arrive in steps).
+    /// A number (a length arrives in steps for a compressor, in samples for a batch
+    /// controller).
     Number,
     /// A string or bare word.
     Text,

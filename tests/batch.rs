@@ -5,12 +5,13 @@
 //! a stopped and resumed run is bit-identical, and a batch-controller plugin runs
 //! through the same path as the built-ins.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::path::Path;
 
-use regimen::core::nn::Mlp;
-use regimen::train::{self, RunOptions, RunOutcome};
+use regimen::train::{RunOptions, RunOutcome};
 use regimen::{Script, Trace};
+
+mod common;
+use common::{example, small};
 
 #[path = "../core/tests/plugin_support/mod.rs"]
 mod plugin_support;
@@ -20,22 +21,8 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 /// Training rows of the bundled digits split.
 const ROWS: u64 = 1438;
 
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(name)
-}
-
-fn small(epochs: u64) -> Result<RunOptions, Box<dyn std::error::Error>> {
-    Ok(RunOptions {
-        model: Some(Mlp::parse("mlp:64,32,10")?),
-        epochs: Some(epochs),
-        ..RunOptions::default()
-    })
-}
-
 fn run(script: &Path, options: &RunOptions) -> Result<RunOutcome, regimen::Error> {
-    train::run(script, options, &AtomicBool::new(false), &mut |_| {})
+    common::train(script, options)
 }
 
 fn column(trace: &Trace, name: &str) -> Result<Vec<f64>, String> {

@@ -3,35 +3,18 @@
 //! interrupted and resumed run is bit-identical to an uninterrupted one, and bad
 //! settings are errors.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use regimen::core::nn::Mlp;
 use regimen::train::{self, DataChoice, RunOptions, RunOutcome};
 
+mod common;
+use common::{example, small};
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(name)
-}
-
-fn small(epochs: u64) -> Result<RunOptions, Box<dyn std::error::Error>> {
-    Ok(RunOptions {
-        model: Some(Mlp::parse("mlp:64,32,10")?),
-        epochs: Some(epochs),
-        ..RunOptions::default()
-    })
-}
-
 fn run(script: &str, options: &RunOptions) -> Result<RunOutcome, regimen::Error> {
-    train::run(
-        &example(script),
-        options,
-        &AtomicBool::new(false),
-        &mut |_| {},
-    )
+    common::train(&example(script), options)
 }
 
 #[test]

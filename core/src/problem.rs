@@ -484,16 +484,7 @@ impl Problem {
         grads: &mut [G],
         step: u64,
     ) -> Result<f64, ProblemError> {
-        self.check(
-            "parameters",
-            "parameter",
-            params.iter().map(|p| p.as_ref().len()),
-        )?;
-        self.check(
-            "gradients",
-            "gradient",
-            grads.iter_mut().map(|g| g.as_mut().len()),
-        )?;
+        self.check_call(params, grads)?;
         let params = widen(params);
         let mut wide: Vec<Vec<f64>> = self.specs.iter().map(|s| vec![0.0; s.numel()]).collect();
         let loss = self.evaluate(&params, step, Some(&mut wide));
@@ -537,16 +528,7 @@ impl Problem {
         if !matches!(self.data, Data::Quadratic { .. }) {
             return Err(ProblemError::FixedBatch);
         }
-        self.check(
-            "parameters",
-            "parameter",
-            params.iter().map(|p| p.as_ref().len()),
-        )?;
-        self.check(
-            "gradients",
-            "gradient",
-            grads.iter_mut().map(|g| g.as_mut().len()),
-        )?;
+        self.check_call(params, grads)?;
         let params = widen(params);
         let mut exact: Vec<Vec<f64>> = self.specs.iter().map(|s| vec![0.0; s.numel()]).collect();
         let loss = self.evaluate(&params, step, Some(&mut exact));
@@ -615,6 +597,24 @@ impl Problem {
             })
             .count();
         Ok(Some(correct as f64 / LOGISTIC_SAMPLES as f64))
+    }
+
+    /// The tensor count and lengths of a call's parameters and gradients.
+    fn check_call<P: AsRef<[f32]>, G: AsMut<[f32]>>(
+        &self,
+        params: &[P],
+        grads: &mut [G],
+    ) -> Result<(), ProblemError> {
+        self.check(
+            "parameters",
+            "parameter",
+            params.iter().map(|p| p.as_ref().len()),
+        )?;
+        self.check(
+            "gradients",
+            "gradient",
+            grads.iter_mut().map(|g| g.as_mut().len()),
+        )
     }
 
     fn check(

@@ -157,6 +157,34 @@ fn lr_arg(args: &[Arg]) -> Option<&Expr> {
 }
 
 impl<'a> Compiler<'a> {
+    /// "unknown compression method `x`" / "unknown batch controller `x`": the name is
+    /// neither a built-in nor one of the script's plugins' exports of `kind`.
+    fn unknown_component(
+        &mut self,
+        name: &Ident,
+        builtins: &[&str],
+        kind: regimen_core::loader::ExportKind,
+        what: &str,
+        plural: &str,
+    ) {
+        let plugin_names = self.plugins.names(kind);
+        let all: Vec<&str> = builtins
+            .iter()
+            .copied()
+            .chain(plugin_names.iter().copied())
+            .collect();
+        let names = all.join(", ");
+        let help = match closest(&name.name, all.iter().copied()) {
+            Some(near) => format!("did you mean `{near}`? {plural} are: {names}"),
+            None => format!("{plural} are: {names}"),
+        };
+        self.error(
+            Diagnostic::error(name.span, format!("unknown {what} `{}`", name.name))
+                .with_label(format!("not a {what}"))
+                .with_help(help),
+        );
+    }
+
     /// First pass: remember a strategy statement; a repeated one is an error.
     pub(super) fn collect_directive(&mut self, directive: &'a Directive) {
         let keyword = directive.keyword.name.as_str();

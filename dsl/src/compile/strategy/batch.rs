@@ -218,24 +218,12 @@ impl<'a> Compiler<'a> {
     }
 
     fn unknown_controller(&mut self, name: &Ident) {
-        let plugin_names = self.plugins.names(ExportKind::BatchController);
-        let all: Vec<&str> = BUILTIN_CONTROLLERS
-            .iter()
-            .copied()
-            .chain(plugin_names.iter().copied())
-            .collect();
-        let names = all.join(", ");
-        let help = match closest(&name.name, all.iter().copied()) {
-            Some(near) => format!("did you mean `{near}`? batch controllers are: {names}"),
-            None => format!("batch controllers are: {names}"),
-        };
-        self.error(
-            Diagnostic::error(
-                name.span,
-                format!("unknown batch controller `{}`", name.name),
-            )
-            .with_label("not a batch controller")
-            .with_help(help),
+        self.unknown_component(
+            name,
+            BUILTIN_CONTROLLERS,
+            ExportKind::BatchController,
+            "batch controller",
+            "batch controllers",
         );
     }
 

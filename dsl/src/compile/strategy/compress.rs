@@ -236,24 +236,12 @@ impl<'a> Compiler<'a> {
     }
 
     fn unknown_method(&mut self, method: &Ident) {
-        let plugin_names = self.plugins.names(ExportKind::Compressor);
-        let all: Vec<&str> = BUILTIN_METHODS
-            .iter()
-            .copied()
-            .chain(plugin_names.iter().copied())
-            .collect();
-        let names = all.join(", ");
-        let help = match closest(&method.name, all.iter().copied()) {
-            Some(near) => format!("did you mean `{near}`? compression methods are: {names}"),
-            None => format!("compression methods are: {names}"),
-        };
-        self.error(
-            Diagnostic::error(
-                method.span,
-                format!("unknown compression method `{}`", method.name),
-            )
-            .with_label("not a compression method")
-            .with_help(help),
+        self.unknown_component(
+            method,
+            BUILTIN_METHODS,
+            ExportKind::Compressor,
+            "compression method",
+            "compression methods",
         );
     }
 

@@ -103,7 +103,7 @@ fn the_noise_scale_is_recovered_from_micro_batches() {
     let estimate = last_noise_scale(&reports);
     let relative = (estimate - truth).abs() / truth;
     println!(
-        "B_simple estimated {estimate:.3}, true {truth:.3} ({:.2}% off)",
+        "B_simple estimated {estimate:.6}, true {truth:.6} ({:.3}% off)",
         100.0 * relative
     );
     assert!(
@@ -122,7 +122,7 @@ fn the_noise_scale_is_recovered_from_workers() {
     let estimate = last_noise_scale(&reports);
     let relative = (estimate - truth).abs() / truth;
     println!(
-        "B_simple estimated {estimate:.3}, true {truth:.3} ({:.2}% off)",
+        "B_simple estimated {estimate:.6}, true {truth:.6} ({:.3}% off)",
         100.0 * relative
     );
     assert!(

@@ -8,7 +8,7 @@
 
 use std::ffi::c_void;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
 use libloading::Library;
 use regimen_plugin::abi::*;
@@ -404,60 +404,152 @@ fn raw_args(args: &Args) -> Vec<RgArg> {
         .collect()
 }
 
-/// A failed call, in words that name the plugin file and the export.
 /// A table's `save_state` entry (the same in compressor and controller tables).
 type SaveStateFn = unsafe extern "C" fn(*mut c_void, *const RgSink, *const RgErrorOut) -> RgStatus;
 /// A table's `load_state` entry.
 type LoadStateFn =
     unsafe extern "C" fn(*mut c_void, *const u8, usize, *const RgErrorOut) -> RgStatus;
+/// A table's `destroy` entry.
+type DestroyFn = unsafe extern "C" fn(*mut c_void);
 
-/// Append the state of instance `inst` of export `export` (named `name`) to `out`;
-/// on failure `out` is as it was and the error is the failure's message.
-fn save_state(
-    plugin: &Plugin,
+/// One live instance of a plugin export, whatever its kind: what the compressor and
+/// the controller share — its name, its calls' serialization, its state entry
+/// points, and its destruction (once, when dropped).
+struct Instance {
+    plugin: Arc<Plugin>,
     export: usize,
-    name: &str,
+    name: String,
     inst: *mut c_void,
+    destroy: DestroyFn,
     save: SaveStateFn,
-    out: &mut Vec<u8>,
-) -> Result<(), String> {
-    let start = out.len();
-    let mut captured = Captured::default();
-    let status = {
-        let _serial = plugin.serialize(export);
-        let mut sink = Sink::new(out, usize::MAX);
-        let raw_sink = sink.raw();
-        // SAFETY: `inst` is live; every pointer is valid for the call.
-        captured.call(|err| unsafe { save(inst, &raw_sink, err) })
-    };
-    if status != STATUS_OK {
-        out.truncate(start);
-        return Err(failure(plugin, name, "save_state", status, &captured));
-    }
-    Ok(())
-}
-
-/// Restore instance `inst` of export `export` (named `name`) from `state`.
-fn load_state(
-    plugin: &Plugin,
-    export: usize,
-    name: &str,
-    inst: *mut c_void,
     load: LoadStateFn,
-    state: &[u8],
-) -> Result<(), String> {
-    let mut captured = Captured::default();
-    let status = {
-        let _serial = plugin.serialize(export);
-        // SAFETY: `inst` is live; `state` is valid for its length.
-        captured.call(|err| unsafe { load(inst, state.as_ptr(), state.len(), err) })
-    };
-    if status != STATUS_OK {
-        return Err(failure(plugin, name, "load_state", status, &captured));
-    }
-    Ok(())
 }
 
+// SAFETY: the instance pointer is owned by this value and only used through its owner's
+// `&mut self` (one thread at a time); calls into exports that are not thread-safe also
+// hold the library's lock.
+unsafe impl Send for Instance {}
+
+impl Instance {
+    /// Create an instance of export `export` of `plugin` from `args` through `create`
+    /// (which gets the function table, the export's data, the raw arguments, the
+    /// instance slot and the error channel); a refusal keeps the argument the plugin
+    /// named. `V` is the function table of the export's kind — a compressor's when
+    /// `compressor`, else a controller's — and `entries` picks its shared entries.
+    fn create<V: Copy>(
+        plugin: Arc<Plugin>,
+        export: usize,
+        args: &Args,
+        compressor: bool,
+        entries: fn(&V) -> (DestroyFn, SaveStateFn, LoadStateFn),
+        create: impl FnOnce(
+            &V,
+            *const c_void,
+            &[RgArg],
+            &mut *mut c_void,
+            *const RgErrorOut,
+        ) -> RgStatus,
+    ) -> Result<(Self, V), ArgError> {
+        let whole = |message: String| ArgError {
+            argument: None,
+            message,
+        };
+        let Some(raw) = plugin.exports.get(export).map(|e| &e.raw) else {
+            return Err(whole("no such export".into()));
+        };
+        let name = raw.name.clone();
+        check_args(raw, args, compressor)?;
+        // SAFETY: checked at load: non-null, of the kind whose table `V` is, and its
+        // size covers the table.
+        let vtable = unsafe { *raw.vtable.cast::<V>() };
+        let (destroy, save, load) = entries(&vtable);
+        let list = raw_args(args);
+        let mut inst: *mut c_void = std::ptr::null_mut();
+        let mut captured = Captured::default();
+        let status = {
+            let _serial = plugin.serialize(export);
+            captured.call(|err| create(&vtable, raw.data, &list, &mut inst, err))
+        };
+        if status == STATUS_BAD_ARGS {
+            return Err(ArgError {
+                argument: captured.argument(),
+                message: captured.message(),
+            });
+        }
+        if status != STATUS_OK {
+            return Err(whole(failure(&plugin, &name, "create", status, &captured)));
+        }
+        if inst.is_null() {
+            return Err(whole(format!(
+                "plugin {}: `{name}` created no instance",
+                plugin.path.display()
+            )));
+        }
+        let instance = Self {
+            plugin,
+            export,
+            name,
+            inst,
+            destroy,
+            save,
+            load,
+        };
+        Ok((instance, vtable))
+    }
+
+    /// The library's lock, held during a call unless the export is thread-safe.
+    fn serialize(&self) -> Option<MutexGuard<'_, ()>> {
+        self.plugin.serialize(self.export)
+    }
+
+    /// A failed call, in words that name the plugin file and the export.
+    fn failure(&self, what: &str, status: RgStatus, captured: &Captured) -> String {
+        failure(&self.plugin, &self.name, what, status, captured)
+    }
+
+    /// Append the instance's state to `out`; on failure `out` is as it was and the
+    /// error is the failure's message.
+    fn save_state(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        let start = out.len();
+        let mut captured = Captured::default();
+        let status = {
+            let _serial = self.serialize();
+            let mut sink = Sink::new(out, usize::MAX);
+            let raw_sink = sink.raw();
+            // SAFETY: `inst` is live; every pointer is valid for the call.
+            captured.call(|err| unsafe { (self.save)(self.inst, &raw_sink, err) })
+        };
+        if status != STATUS_OK {
+            out.truncate(start);
+            return Err(self.failure("save_state", status, &captured));
+        }
+        Ok(())
+    }
+
+    /// Restore the instance from `state`.
+    fn load_state(&self, state: &[u8]) -> Result<(), String> {
+        let mut captured = Captured::default();
+        let status = {
+            let _serial = self.serialize();
+            // SAFETY: `inst` is live; `state` is valid for its length.
+            captured.call(|err| unsafe { (self.load)(self.inst, state.as_ptr(), state.len(), err) })
+        };
+        if status != STATUS_OK {
+            return Err(self.failure("load_state", status, &captured));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _serial = self.serialize();
+        // SAFETY: `inst` came from this export's `create` and is destroyed once.
+        unsafe { (self.destroy)(self.inst) };
+    }
+}
+
+/// A failed call, in words that name the plugin file and the export.
 fn failure(
     plugin: &Plugin,
     export: &str,
@@ -479,27 +571,19 @@ fn failure(
 
 /// A compressor running in a plugin: the host's view of one plugin instance.
 pub struct PluginCompressor {
-    plugin: Arc<Plugin>,
-    export: usize,
-    name: String,
+    instance: Instance,
     vtable: RgCompressorVTable,
-    inst: *mut c_void,
     method: MethodId,
     aggregation: Aggregation,
     feedback: FeedbackPolicy,
     residual: ResidualSource,
 }
 
-// SAFETY: the instance pointer is owned by this value and only used through `&mut
-// self` (one thread at a time); calls into exports that are not thread-safe also
-// hold the library's lock.
-unsafe impl Send for PluginCompressor {}
-
 impl std::fmt::Debug for PluginCompressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginCompressor")
-            .field("plugin", &self.plugin.path)
-            .field("name", &self.name)
+            .field("plugin", &self.instance.plugin.path)
+            .field("name", &self.instance.name)
             .finish()
     }
 }
@@ -551,60 +635,25 @@ impl PluginCompressor {
         export: usize,
         args: &Args,
     ) -> Result<Self, ArgError> {
-        let whole = |message: String| ArgError {
-            argument: None,
-            message,
-        };
-        let Some(raw) = plugin.exports.get(export).map(|e| &e.raw) else {
-            return Err(whole("no such export".into()));
-        };
-        let name = raw.name.clone();
-        check_args(raw, args, true)?;
-        // SAFETY: checked at load: non-null, kind compressor, size covers the table.
-        let vtable = unsafe { *raw.vtable.cast::<RgCompressorVTable>() };
-        let list = raw_args(args);
-        let mut inst: *mut c_void = std::ptr::null_mut();
         let mut info = RgCompressorInfo {
             size: std::mem::size_of::<RgCompressorInfo>() as u32,
             ..Default::default()
         };
-        let mut captured = Captured::default();
-        let status = {
-            let _serial = plugin.serialize(export);
-            // SAFETY: every pointer is valid for the call; `raw.data` is the export's.
-            captured.call(|err| unsafe {
-                (vtable.create)(
-                    raw.data,
-                    list.as_ptr(),
-                    list.len(),
-                    &mut inst,
-                    &mut info,
-                    err,
-                )
-            })
-        };
-        if status == STATUS_BAD_ARGS {
-            return Err(ArgError {
-                argument: captured.argument(),
-                message: captured.message(),
-            });
-        }
-        if status != STATUS_OK {
-            return Err(whole(failure(&plugin, &name, "create", status, &captured)));
-        }
-        if inst.is_null() {
-            return Err(whole(format!(
-                "plugin {}: `{name}` created no instance",
-                plugin.path.display()
-            )));
-        }
-        let decoded = decode_info(&info);
-        let mut made = Self {
+        let (instance, vtable) = Instance::create(
             plugin,
             export,
-            name,
+            args,
+            true,
+            |t: &RgCompressorVTable| (t.destroy, t.save_state, t.load_state),
+            |t, data, list, inst, err| {
+                // SAFETY: every pointer is valid for the call; `data` is the export's.
+                unsafe { (t.create)(data, list.as_ptr(), list.len(), inst, &mut info, err) }
+            },
+        )?;
+        let decoded = decode_info(&info);
+        let mut made = Self {
+            instance,
             vtable,
-            inst,
             method: MethodId::NONE,
             aggregation: Aggregation::Gather,
             feedback: FeedbackPolicy::OffByDefault,
@@ -619,16 +668,19 @@ impl PluginCompressor {
                 Ok(made)
             }
             // `made` is dropped here, which destroys the instance.
-            Err(reason) => Err(whole(format!(
-                "plugin {}: `{}` described itself wrongly: {reason}",
-                made.plugin.path.display(),
-                made.name
-            ))),
+            Err(reason) => Err(ArgError {
+                argument: None,
+                message: format!(
+                    "plugin {}: `{}` described itself wrongly: {reason}",
+                    made.instance.plugin.path.display(),
+                    made.instance.name
+                ),
+            }),
         }
     }
 
     fn fail(&self, what: &str, status: RgStatus, captured: &Captured) -> CompressError {
-        CompressError::Failed(failure(&self.plugin, &self.name, what, status, captured))
+        CompressError::Failed(self.instance.failure(what, status, captured))
     }
 
     /// Check a payload the plugin wrote for a tensor of `numel` elements.
@@ -641,8 +693,8 @@ impl PluginCompressor {
         let wrong = |reason: String| {
             CompressError::Failed(format!(
                 "plugin {}: `{}` wrote a wrong payload for `{tensor}`: {reason}",
-                self.plugin.path.display(),
-                self.name
+                self.instance.plugin.path.display(),
+                self.instance.name
             ))
         };
         let (_, mut reader): (PayloadHeader, WireReader<'_>) =
@@ -694,7 +746,7 @@ fn raw_scheduled(ctx: &StepContext<'_>) -> Vec<RgScheduled> {
 
 impl Compressor for PluginCompressor {
     fn name(&self) -> &str {
-        &self.name
+        &self.instance.name
     }
 
     fn method_id(&self) -> MethodId {
@@ -733,12 +785,12 @@ impl Compressor for PluginCompressor {
         let limit = start.saturating_add(Self::payload_limit(input.data.len()));
         let mut captured = Captured::default();
         let (status, refused) = {
-            let _serial = self.plugin.serialize(self.export);
+            let _serial = self.instance.serialize();
             let mut sink = Sink::new(out, limit);
             let raw_sink = sink.raw();
             // SAFETY: `inst` is live; every pointer is valid for the call.
             let status = captured.call(|err| unsafe {
-                (self.vtable.compress)(self.inst, &tensor, &raw_ctx, &raw_sink, err)
+                (self.vtable.compress)(self.instance.inst, &tensor, &raw_ctx, &raw_sink, err)
             });
             (status, sink.refused)
         };
@@ -747,8 +799,8 @@ impl Compressor for PluginCompressor {
             if refused {
                 return Err(CompressError::Failed(format!(
                     "plugin {}: `{}` wrote more than {} bytes for `{}` ({} elements)",
-                    self.plugin.path.display(),
-                    self.name,
+                    self.instance.plugin.path.display(),
+                    self.instance.name,
                     Self::payload_limit(input.data.len()),
                     input.name,
                     input.data.len()
@@ -778,13 +830,13 @@ impl Compressor for PluginCompressor {
         let mut round = ROUND_DONE;
         let mut captured = Captured::default();
         let status = {
-            let _serial = self.plugin.serialize(self.export);
+            let _serial = self.instance.serialize();
             let mut sink = Sink::new(out, limit);
             let raw_sink = sink.raw();
             // SAFETY: `inst` is live; every pointer is valid for the call.
             captured.call(|err| unsafe {
                 (self.vtable.next_round)(
-                    self.inst,
+                    self.instance.inst,
                     reduced.as_ptr(),
                     reduced.len(),
                     &raw_ctx,
@@ -816,8 +868,8 @@ impl Compressor for PluginCompressor {
             }
             code => Err(CompressError::Failed(format!(
                 "plugin {}: `{}` answered the unknown round code {code}",
-                self.plugin.path.display(),
-                self.name
+                self.instance.plugin.path.display(),
+                self.instance.name
             ))),
         }
     }
@@ -830,12 +882,12 @@ impl Compressor for PluginCompressor {
     ) -> Result<(), CompressError> {
         let mut captured = Captured::default();
         let status = {
-            let _serial = self.plugin.serialize(self.export);
+            let _serial = self.instance.serialize();
             // SAFETY: `inst` is live; `payload` and `out` are valid for their lengths
             // and `out` is not aliased during the call.
             captured.call(|err| unsafe {
                 (self.vtable.decompress_add)(
-                    self.inst,
+                    self.instance.inst,
                     payload.as_ptr(),
                     payload.len(),
                     scale,
@@ -852,55 +904,27 @@ impl Compressor for PluginCompressor {
     }
 
     fn save_state(&self, out: &mut Vec<u8>) -> Result<(), CompressError> {
-        save_state(
-            &self.plugin,
-            self.export,
-            &self.name,
-            self.inst,
-            self.vtable.save_state,
-            out,
-        )
-        .map_err(CompressError::Failed)
+        self.instance.save_state(out).map_err(CompressError::Failed)
     }
 
     fn load_state(&mut self, state: &[u8]) -> Result<(), CompressError> {
-        load_state(
-            &self.plugin,
-            self.export,
-            &self.name,
-            self.inst,
-            self.vtable.load_state,
-            state,
-        )
-        .map_err(CompressError::State)
-    }
-}
-
-impl Drop for PluginCompressor {
-    fn drop(&mut self) {
-        let _serial = self.plugin.serialize(self.export);
-        // SAFETY: `inst` came from this export's `create` and is destroyed once.
-        unsafe { (self.vtable.destroy)(self.inst) };
+        self.instance
+            .load_state(state)
+            .map_err(CompressError::State)
     }
 }
 
 /// A batch controller running in a plugin.
 pub struct PluginController {
-    plugin: Arc<Plugin>,
-    export: usize,
-    name: String,
+    instance: Instance,
     vtable: RgControllerVTable,
-    inst: *mut c_void,
 }
-
-// SAFETY: as for `PluginCompressor`.
-unsafe impl Send for PluginController {}
 
 impl std::fmt::Debug for PluginController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginController")
-            .field("plugin", &self.plugin.path)
-            .field("name", &self.name)
+            .field("plugin", &self.instance.plugin.path)
+            .field("name", &self.instance.name)
             .finish()
     }
 }
@@ -915,59 +939,28 @@ impl PluginController {
         export: usize,
         args: &Args,
     ) -> Result<Self, ArgError> {
-        let whole = |message: String| ArgError {
-            argument: None,
-            message,
-        };
-        let Some(raw) = plugin.exports.get(export).map(|e| &e.raw) else {
-            return Err(whole("no such export".into()));
-        };
-        let name = raw.name.clone();
-        check_args(raw, args, false)?;
-        // SAFETY: checked at load: non-null, kind controller, size covers the table.
-        let vtable = unsafe { *raw.vtable.cast::<RgControllerVTable>() };
-        let list = raw_args(args);
-        let mut inst: *mut c_void = std::ptr::null_mut();
-        let mut captured = Captured::default();
-        let status = {
-            let _serial = plugin.serialize(export);
-            // SAFETY: every pointer is valid for the call; `raw.data` is the export's.
-            captured.call(|err| unsafe {
-                (vtable.create)(raw.data, list.as_ptr(), list.len(), &mut inst, err)
-            })
-        };
-        if status == STATUS_BAD_ARGS {
-            return Err(ArgError {
-                argument: captured.argument(),
-                message: captured.message(),
-            });
-        }
-        if status != STATUS_OK {
-            return Err(whole(failure(&plugin, &name, "create", status, &captured)));
-        }
-        if inst.is_null() {
-            return Err(whole(format!(
-                "plugin {}: `{name}` created no instance",
-                plugin.path.display()
-            )));
-        }
-        Ok(Self {
+        let (instance, vtable) = Instance::create(
             plugin,
             export,
-            name,
-            vtable,
-            inst,
-        })
+            args,
+            false,
+            |t: &RgControllerVTable| (t.destroy, t.save_state, t.load_state),
+            |t, data, list, inst, err| {
+                // SAFETY: every pointer is valid for the call; `data` is the export's.
+                unsafe { (t.create)(data, list.as_ptr(), list.len(), inst, err) }
+            },
+        )?;
+        Ok(Self { instance, vtable })
     }
 
     fn fail(&self, what: &str, status: RgStatus, captured: &Captured) -> ControllerError {
-        ControllerError::Failed(failure(&self.plugin, &self.name, what, status, captured))
+        ControllerError::Failed(self.instance.failure(what, status, captured))
     }
 }
 
 impl BatchController for PluginController {
     fn name(&self) -> &str {
-        &self.name
+        &self.instance.name
     }
 
     fn observe(&mut self, metrics: &BatchMetrics) -> Result<BatchDecision, ControllerError> {
@@ -992,10 +985,11 @@ impl BatchController for PluginController {
         };
         let mut captured = Captured::default();
         let status = {
-            let _serial = self.plugin.serialize(self.export);
+            let _serial = self.instance.serialize();
             // SAFETY: `inst` is live; every pointer is valid for the call.
-            captured
-                .call(|err| unsafe { (self.vtable.observe)(self.inst, &raw, &mut decision, err) })
+            captured.call(|err| unsafe {
+                (self.vtable.observe)(self.instance.inst, &raw, &mut decision, err)
+            })
         };
         if status != STATUS_OK {
             return Err(self.fail("observe", status, &captured));
@@ -1003,8 +997,8 @@ impl BatchController for PluginController {
         let wrong = |what: String| {
             ControllerError::Failed(format!(
                 "plugin {}: `{}` answered {what} at step {}",
-                self.plugin.path.display(),
-                self.name,
+                self.instance.plugin.path.display(),
+                self.instance.name,
                 metrics.step
             ))
         };
@@ -1025,34 +1019,14 @@ impl BatchController for PluginController {
     }
 
     fn save_state(&self, out: &mut Vec<u8>) -> Result<(), ControllerError> {
-        save_state(
-            &self.plugin,
-            self.export,
-            &self.name,
-            self.inst,
-            self.vtable.save_state,
-            out,
-        )
-        .map_err(ControllerError::Failed)
+        self.instance
+            .save_state(out)
+            .map_err(ControllerError::Failed)
     }
 
     fn load_state(&mut self, state: &[u8]) -> Result<(), ControllerError> {
-        load_state(
-            &self.plugin,
-            self.export,
-            &self.name,
-            self.inst,
-            self.vtable.load_state,
-            state,
-        )
-        .map_err(ControllerError::State)
-    }
-}
-
-impl Drop for PluginController {
-    fn drop(&mut self) {
-        let _serial = self.plugin.serialize(self.export);
-        // SAFETY: `inst` came from this export's `create` and is destroyed once.
-        unsafe { (self.vtable.destroy)(self.inst) };
+        self.instance
+            .load_state(state)
+            .map_err(ControllerError::State)
     }
 }

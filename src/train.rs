@@ -554,13 +554,20 @@ impl Plan<'_> {
     }
 
     /// A position of the run as a progress bar counts it: steps with a fixed batch,
-    /// samples with batch control (AdaScale: its clock in base-batch samples). With
-    /// `u64::MAX` samples and an infinite clock, the run's whole length.
+    /// samples with batch control (AdaScale: its clock in base-batch samples).
     fn progress_units(&self, steps: u64, samples: u64, progress: f64) -> u64 {
         match self.length {
             RunLength::Steps(total) => steps.min(total),
             RunLength::Samples(total) => samples.min(total),
             RunLength::Progress(total) => (progress.min(total) * self.batch as f64).round() as u64,
+        }
+    }
+
+    /// The run's whole length in the units of [`Plan::progress_units`].
+    fn progress_total(&self) -> u64 {
+        match self.length {
+            RunLength::Steps(total) | RunLength::Samples(total) => total,
+            RunLength::Progress(total) => (total * self.batch as f64).round() as u64,
         }
     }
 
@@ -1328,23 +1335,22 @@ impl<'a> Worker<'a> {
                 || fault)
     }
 
+    /// The schedules' clock after `steps` steps: the step count, or batch control's.
+    fn clock(&self, steps: u64) -> f64 {
+        self.stepper
+            .batch_control()
+            .map_or(steps as f64, |c| c.progress())
+    }
+
     /// Where the run stands after `steps` steps and `samples` samples, in the units
     /// of [`Plan::progress_units`].
     fn progress_units(&self, steps: u64, samples: u64) -> u64 {
-        let progress = self
-            .stepper
-            .batch_control()
-            .map_or(steps as f64, |c| c.progress());
-        self.plan.progress_units(steps, samples, progress)
+        self.plan.progress_units(steps, samples, self.clock(steps))
     }
 
     /// Whether the run is over after `steps` steps and `samples` samples.
     fn done(&self, steps: u64, samples: u64) -> bool {
-        let progress = self
-            .stepper
-            .batch_control()
-            .map_or(steps as f64, |c| c.progress());
-        self.plan.done(steps, samples, progress)
+        self.plan.done(steps, samples, self.clock(steps))
     }
 
     /// The rows of the batch of `len` rows starting at `start` of the epoch's order
@@ -1389,7 +1395,7 @@ impl<'a> Worker<'a> {
                 total_steps: plan.total_steps,
                 steps_per_epoch: plan.steps_per_epoch,
                 batch: plan.batch as u64,
-                progress_total: plan.progress_units(plan.total_steps, u64::MAX, f64::INFINITY),
+                progress_total: plan.progress_total(),
                 progress_start: self.progress_units(start_step, samples),
                 train_rows: plan.split.train.len(),
                 test_rows: plan.split.test.len(),
@@ -1469,7 +1475,7 @@ impl<'a> Worker<'a> {
                 let metrics = crate::Metrics {
                     loss: Some(loss),
                     batch: plan.controlled().then_some(batch_len as u64),
-                    small_batch: small_batch.filter(|_| plan.controlled()),
+                    small_batch,
                 };
                 self.stepper.step(&mut params, &views, &metrics)?
             };

@@ -234,41 +234,12 @@ fn a_stopped_and_resumed_controlled_run_is_bit_identical() -> TestResult {
         workers: 2,
         ..small(4)?
     };
-    let script = example("digits_gns.regimen");
-    let whole = RunOptions {
-        out: Some(dir.path().join("whole")),
-        ..base.clone()
-    };
-    let expected = run(&script, &whole)?;
-    let out = dir.path().join("stopped");
-    let stopped = run(
-        &script,
-        &RunOptions {
-            out: Some(out.clone()),
-            stop_after: Some(70),
-            ..base.clone()
-        },
+    let [expected, _, _] = common::assert_resume_is_bit_identical(
+        &example("digits_gns.regimen"),
+        &base,
+        dir.path(),
+        70,
     )?;
-    assert!(stopped.summary.interrupted);
-    assert_eq!(stopped.summary.steps_done, 70);
-    let resumed = run(
-        &script,
-        &RunOptions {
-            out: Some(out.clone()),
-            resume: true,
-            ..base
-        },
-    )?;
-    assert!(!resumed.summary.interrupted);
-    assert_eq!(resumed.trace.to_csv(), expected.trace.to_csv());
-    assert_eq!(resumed.epochs, expected.epochs);
-    for file in ["trace.csv", "epochs.csv"] {
-        assert_eq!(
-            std::fs::read(out.join(file))?,
-            std::fs::read(dir.path().join("whole").join(file))?,
-            "{file}"
-        );
-    }
     // The batch moved, so the controller's and the estimator's state mattered.
     let batch = column(&expected.trace, "batch")?;
     assert!(batch.iter().any(|&b| b != batch[0]));

@@ -55,3 +55,54 @@ pub fn train(
         &mut |_| {},
     )
 }
+
+/// Train `script` with `base` straight through into `DIR/whole`, then stopped after
+/// `stop_after` steps into `DIR/stopped` and resumed there: the resumed run must equal
+/// the straight one bit for bit (trace, epochs, and the files). Returns the straight
+/// run, the stopped one and the resumed one, for the caller's own checks.
+pub fn assert_resume_is_bit_identical(
+    script: &Path,
+    base: &regimen::train::RunOptions,
+    dir: &Path,
+    stop_after: u64,
+) -> Result<[regimen::train::RunOutcome; 3], Box<dyn std::error::Error>> {
+    use regimen::train::RunOptions;
+    let whole = dir.join("whole");
+    let expected = train(
+        script,
+        &RunOptions {
+            out: Some(whole.clone()),
+            ..base.clone()
+        },
+    )?;
+    let out = dir.join("stopped");
+    let stopped = train(
+        script,
+        &RunOptions {
+            out: Some(out.clone()),
+            stop_after: Some(stop_after),
+            ..base.clone()
+        },
+    )?;
+    assert!(stopped.summary.interrupted);
+    assert_eq!(stopped.summary.steps_done, stop_after);
+    let resumed = train(
+        script,
+        &RunOptions {
+            out: Some(out.clone()),
+            resume: true,
+            ..base.clone()
+        },
+    )?;
+    assert!(!resumed.summary.interrupted);
+    assert_eq!(resumed.trace.to_csv(), expected.trace.to_csv());
+    assert_eq!(resumed.epochs, expected.epochs);
+    for file in ["trace.csv", "epochs.csv"] {
+        assert_eq!(
+            std::fs::read(out.join(file))?,
+            std::fs::read(whole.join(file))?,
+            "{file}"
+        );
+    }
+    Ok([expected, stopped, resumed])
+}

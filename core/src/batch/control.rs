@@ -74,8 +74,6 @@ pub struct BatchReport {
 /// The counters and decisions that move from step to step (saved in checkpoints).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ControlState {
-    /// Steps run (skipped ones included).
-    pub steps: u64,
     /// Samples consumed so far.
     pub samples: u64,
     /// The schedules' clock for the next step.
@@ -86,7 +84,8 @@ pub struct ControlState {
     pub next_lr_scale: Option<f64>,
     /// The noise estimator.
     pub estimator: GnsEstimator,
-    /// The controller's own state ([`BatchController::save_state`]).
+    /// The controller's own state ([`BatchController::save_state`]), filled only in
+    /// what [`BatchControl::save`] returns.
     pub controller: Vec<u8>,
 }
 
@@ -161,7 +160,6 @@ impl BatchControl {
             controller,
             samples_per_epoch,
             state: ControlState {
-                steps: 0,
                 samples: 0,
                 progress: 0.0,
                 next_batch,
@@ -197,13 +195,16 @@ impl BatchControl {
         self.state.estimator.estimate()
     }
 
-    /// Compute this step's batch control (see the module doc): `batch` samples ran,
-    /// `sample` holds the norms at two batch sizes if they were measured, `loss` is
-    /// the training loop's, `grad_norm` the averaged gradient's norm (None when the
-    /// step is skipped), `lr` the scheduled learning rate. The controller observes
-    /// the step here; on its error nothing changes.
+    /// Compute batch control for step `step` (see the module doc): `batch` samples
+    /// ran, `sample` holds the norms at two batch sizes if they were measured, `loss`
+    /// is the training loop's, `grad_norm` the averaged gradient's norm (None when the
+    /// step is skipped), `lr` the scheduled learning rate. The controller observes the
+    /// step here; on an error the counters and the estimator are unchanged, but the
+    /// controller may have moved its own state (as a stateful compressor may: resume
+    /// from a checkpoint).
     pub fn prepare(
         &mut self,
+        step: u64,
         batch: u64,
         sample: Option<&GnsSample>,
         loss: Option<f64>,
@@ -237,7 +238,7 @@ impl BatchControl {
             _ => state.samples as f64 / base,
         };
         let metrics = BatchMetrics {
-            step: state.steps,
+            step,
             samples: state.samples,
             samples_per_epoch: self.samples_per_epoch,
             batch,
@@ -247,28 +248,19 @@ impl BatchControl {
             grad_variance: estimate.map(|e| e.trace_sigma),
             lr: lr.map(|lr| lr * lr_factor),
         };
-        let saved = self.save_controller()?;
-        let decision = match self.controller.observe(&metrics) {
-            Ok(decision) => decision,
-            Err(error) => {
-                // Put the controller back as it was before this observation.
-                self.controller
-                    .load_state(&saved)
-                    .map_err(|e| self.controller_error(e))?;
-                return Err(self.controller_error(error));
-            }
-        };
+        let decision = self
+            .controller
+            .observe(&metrics)
+            .map_err(|error| self.controller_error(step, error))?;
         let next_batch = self.spec.bounds.apply(decision.batch as f64)?;
         let next_lr_scale = match decision.lr_scale {
             Some(scale) if !(scale.is_finite() && scale > 0.0) => {
-                self.controller
-                    .load_state(&saved)
-                    .map_err(|e| self.controller_error(e))?;
-                return Err(
-                    self.controller_error(regimen_plugin::ControllerError::Failed(format!(
+                return Err(self.controller_error(
+                    step,
+                    regimen_plugin::ControllerError::Failed(format!(
                         "answered the learning-rate factor {scale}, which is not positive"
-                    ))),
-                );
+                    )),
+                ));
             }
             other => other,
         };
@@ -281,7 +273,6 @@ impl BatchControl {
             gain,
             next_batch,
         };
-        state.steps += 1;
         state.next_batch = next_batch;
         state.next_lr_scale = next_lr_scale;
         Ok(Prepared { state, report })
@@ -296,12 +287,14 @@ impl BatchControl {
     /// The whole state, for a checkpoint.
     pub fn save(&self) -> Result<ControlState, BatchError> {
         let mut state = self.state.clone();
-        state.controller = self.save_controller()?;
+        self.controller
+            .save_state(&mut state.controller)
+            .map_err(|error| BatchError::State(format!("saving the controller: {error}")))?;
         Ok(state)
     }
 
     /// Restore what [`BatchControl::save`] returned.
-    pub fn load(&mut self, state: ControlState) -> Result<(), BatchError> {
+    pub fn load(&mut self, mut state: ControlState) -> Result<(), BatchError> {
         if state.next_batch == 0 || !state.progress.is_finite() {
             return Err(BatchError::State(format!(
                 "next batch {} at progress {}",
@@ -310,23 +303,16 @@ impl BatchControl {
         }
         self.controller
             .load_state(&state.controller)
-            .map_err(|error| self.controller_error(error))?;
+            .map_err(|error| BatchError::State(format!("the controller's: {error}")))?;
+        state.controller.clear();
         self.state = state;
         Ok(())
     }
 
-    fn save_controller(&self) -> Result<Vec<u8>, BatchError> {
-        let mut bytes = Vec::new();
-        self.controller
-            .save_state(&mut bytes)
-            .map_err(|error| self.controller_error(error))?;
-        Ok(bytes)
-    }
-
-    fn controller_error(&self, error: regimen_plugin::ControllerError) -> BatchError {
+    fn controller_error(&self, step: u64, error: regimen_plugin::ControllerError) -> BatchError {
         BatchError::Controller {
             name: self.spec.controller.name().to_owned(),
-            step: self.state.steps,
+            step,
             error,
         }
     }

@@ -52,7 +52,9 @@
 //! there); and a compressor or communicator failure during the exchange, after which
 //! the weights, moments, counters, scaler, schedules and residuals are still
 //! unchanged but a stateful compressor (PowerSGD, DGC) may have advanced its own
-//! state, and a communicator is unusable — restart the workers from a checkpoint.
+//! state, and a communicator is unusable — restart the workers from a checkpoint. A
+//! batch controller that fails likewise leaves everything but its own state as it
+//! was.
 //!
 //! # Workers
 //!
@@ -614,7 +616,7 @@ impl<B: Backend> Stepper<B> {
         if decision.skip {
             let batch_report = match (self.batch.as_mut(), batch) {
                 (Some(control), Some(batch)) => {
-                    let prepared = control.prepare(batch, None, metrics.loss, None, lr)?;
+                    let prepared = control.prepare(step, batch, None, metrics.loss, None, lr)?;
                     Some(control.commit(prepared))
                 }
                 _ => None,
@@ -665,7 +667,14 @@ impl<B: Backend> Stepper<B> {
                     big_batch: batch as f64,
                     big_sq: sum_squares,
                 });
-                Some(control.prepare(batch, sample.as_ref(), metrics.loss, Some(grad_norm), lr)?)
+                Some(control.prepare(
+                    step,
+                    batch,
+                    sample.as_ref(),
+                    metrics.loss,
+                    Some(grad_norm),
+                    lr,
+                )?)
             }
             _ => None,
         };

@@ -481,27 +481,40 @@ unsafe extern "C" fn compressor_create(
             let args = read_args(args, arg_count)?;
             let compressor = (export.build)(&args)?;
             host_struct_ok(info, "compressor info")?;
-            let out_inst = inst
-                .as_mut()
-                .ok_or_else(|| Fail::new(STATUS_ERROR, "null instance slot"))?;
-            write_host_struct(info, &compressor_info(compressor.as_ref()));
-            let boxed = Box::new(CompressorInstance {
-                compressor,
-                scratch: Vec::new(),
-            });
-            *out_inst = Box::into_raw(boxed).cast();
+            let info_value = compressor_info(compressor.as_ref());
+            install(
+                inst,
+                CompressorInstance {
+                    compressor,
+                    scratch: Vec::new(),
+                },
+            )?;
+            write_host_struct(info, &info_value);
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn compressor_destroy(inst: *mut c_void) {
+/// Put a new instance into the host's slot `inst`.
+///
+/// # Safety
+/// `inst` is null or valid for a write.
+unsafe fn install<T>(inst: *mut *mut c_void, value: T) -> Result<(), Fail> {
+    // SAFETY: forwarded from the caller.
+    let slot =
+        unsafe { inst.as_mut() }.ok_or_else(|| Fail::new(STATUS_ERROR, "null instance slot"))?;
+    *slot = Box::into_raw(Box::new(value)).cast();
+    Ok(())
+}
+
+/// The `destroy` entry of every table: drops what [`install`] put in the slot.
+unsafe extern "C" fn destroy<T>(inst: *mut c_void) {
     if inst.is_null() {
         return;
     }
-    // SAFETY: `inst` came from `Box::into_raw` in `compressor_create` and the host
-    // destroys it once. Dropping the author's compressor may panic: caught.
-    let boxed = unsafe { Box::from_raw(inst.cast::<CompressorInstance>()) };
+    // SAFETY: `inst` came from `Box::into_raw` in `install::<T>` and the host destroys
+    // it once. Dropping the author's value may panic: caught.
+    let boxed = unsafe { Box::from_raw(inst.cast::<T>()) };
     let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
 }
 
@@ -617,7 +630,7 @@ unsafe extern "C" fn compressor_decompress_add(
 static COMPRESSOR_VTABLE: RgCompressorVTable = RgCompressorVTable {
     size: std::mem::size_of::<RgCompressorVTable>() as u32,
     create: compressor_create,
-    destroy: compressor_destroy,
+    destroy: destroy::<CompressorInstance>,
     compress: compressor_compress,
     next_round: compressor_next_round,
     decompress_add: compressor_decompress_add,
@@ -651,26 +664,15 @@ unsafe extern "C" fn controller_create(
                 .ok_or_else(|| Fail::new(STATUS_ERROR, "null export data"))?;
             let args = read_args(args, arg_count)?;
             let controller = (export.build)(&args)?;
-            let slot = inst
-                .as_mut()
-                .ok_or_else(|| Fail::new(STATUS_ERROR, "null instance slot"))?;
-            *slot = Box::into_raw(Box::new(ControllerInstance {
-                controller,
-                scratch: Vec::new(),
-            }))
-            .cast();
-            Ok(())
+            install(
+                inst,
+                ControllerInstance {
+                    controller,
+                    scratch: Vec::new(),
+                },
+            )
         })
     }
-}
-
-unsafe extern "C" fn controller_destroy(inst: *mut c_void) {
-    if inst.is_null() {
-        return;
-    }
-    // SAFETY: `inst` came from `Box::into_raw` in `controller_create`, destroyed once.
-    let boxed = unsafe { Box::from_raw(inst.cast::<ControllerInstance>()) };
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
 }
 
 unsafe extern "C" fn controller_observe(
@@ -713,7 +715,7 @@ unsafe extern "C" fn controller_observe(
 static CONTROLLER_VTABLE: RgControllerVTable = RgControllerVTable {
     size: std::mem::size_of::<RgControllerVTable>() as u32,
     create: controller_create,
-    destroy: controller_destroy,
+    destroy: destroy::<ControllerInstance>,
     observe: controller_observe,
     save_state: save_state::<ControllerInstance>,
     load_state: load_state::<ControllerInstance>,

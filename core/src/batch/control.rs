@@ -196,25 +196,32 @@ impl BatchControl {
     }
 
     /// Compute batch control for step `step` (see the module doc): `batch` samples
-    /// ran, `sample` holds the norms at two batch sizes if they were measured, `loss`
-    /// is the training loop's, `grad_norm` the averaged gradient's norm (None when the
-    /// step is skipped), `lr` the scheduled learning rate. The controller observes the
-    /// step here; on an error the counters and the estimator are unchanged, but the
+    /// ran (`None`: the batch it asked for), `small` are the workers' small-batch norms
+    /// if they were measured, `big_sq` the averaged gradient's squared norm (None when
+    /// the step is skipped), `loss` the training loop's, `lr` the scheduled learning
+    /// rate. The controller observes the step here; on an error the counters and the estimator are unchanged, but the
     /// controller may have moved its own state (as a stateful compressor may: resume
     /// from a checkpoint).
     pub fn prepare(
         &mut self,
         step: u64,
-        batch: u64,
-        sample: Option<&GnsSample>,
+        batch: Option<u64>,
+        small: Option<SmallBatchNorms>,
+        big_sq: Option<f64>,
         loss: Option<f64>,
-        grad_norm: Option<f64>,
         lr: Option<f64>,
     ) -> Result<Prepared, BatchError> {
+        let batch = batch.unwrap_or(self.state.next_batch);
         let mut state = self.state.clone();
-        if let Some(sample) = sample {
-            state.estimator.observe(sample);
+        if let (Some(norms), Some(big_sq)) = (small, big_sq) {
+            state.estimator.observe(&GnsSample {
+                small_batch: norms.samples as f64,
+                small_sq: norms.mean_sq_norm,
+                big_batch: batch as f64,
+                big_sq,
+            });
         }
+        let grad_norm = big_sq.map(f64::sqrt);
         let estimate = state.estimator.estimate();
         let base = self.spec.base_batch as f64;
         let gain = estimate.map_or(f64::NAN, |e| e.adascale_gain(batch as f64, base));

@@ -102,7 +102,7 @@ use super::{
 };
 use crate::backend::{Backend, HostTensor, HostTensorMut};
 use crate::batch::control::{ControlState, Prepared};
-use crate::batch::{BatchControl, BatchReport, GnsSample, SmallBatchNorms};
+use crate::batch::{BatchControl, BatchReport, SmallBatchNorms};
 use crate::comm::{Communicator, SingleProcess, Traffic};
 use crate::graph::{Evaluator, ScalarGraph};
 use crate::loader::PluginSet;
@@ -560,10 +560,6 @@ impl<B: Backend> Stepper<B> {
             .graph()
             .eval_into(clock, &mut self.values[..outputs]);
         self.check_hypers(step)?;
-        let batch = self
-            .batch
-            .as_ref()
-            .map(|control| metrics.batch.unwrap_or(control.next_batch()));
         let lr = self.lr_output.map(|index| self.values[index]);
 
         // 3. Gradients: unscale and check; with several workers, skip together.
@@ -614,12 +610,13 @@ impl<B: Backend> Stepper<B> {
         let mut scaler = self.scaler.clone();
         let decision = scaler.update(finite, step)?;
         if decision.skip {
-            let batch_report = match (self.batch.as_mut(), batch) {
-                (Some(control), Some(batch)) => {
-                    let prepared = control.prepare(step, batch, None, metrics.loss, None, lr)?;
+            let batch_report = match self.batch.as_mut() {
+                Some(control) => {
+                    let prepared =
+                        control.prepare(step, metrics.batch, None, None, metrics.loss, lr)?;
                     Some(control.commit(prepared))
                 }
-                _ => None,
+                None => None,
             };
             self.evaluator.advance();
             self.scaler = scaler;
@@ -659,24 +656,16 @@ impl<B: Backend> Stepper<B> {
         // Batch control sees the averaged gradient before clipping, as the noise
         // estimator's big batch; the controller decides here, before any weight moves.
         let grad_norm = sum_squares.sqrt();
-        let prepared = match (self.batch.as_mut(), batch) {
-            (Some(control), Some(batch)) => {
-                let sample = small.map(|norms| GnsSample {
-                    small_batch: norms.samples as f64,
-                    small_sq: norms.mean_sq_norm,
-                    big_batch: batch as f64,
-                    big_sq: sum_squares,
-                });
-                Some(control.prepare(
-                    step,
-                    batch,
-                    sample.as_ref(),
-                    metrics.loss,
-                    Some(grad_norm),
-                    lr,
-                )?)
-            }
-            _ => None,
+        let prepared = match self.batch.as_mut() {
+            Some(control) => Some(control.prepare(
+                step,
+                metrics.batch,
+                small,
+                Some(sum_squares),
+                metrics.loss,
+                lr,
+            )?),
+            None => None,
         };
         let lr_factor = prepared.as_ref().map_or(1.0, Prepared::lr_factor);
 
@@ -742,10 +731,7 @@ impl<B: Backend> Stepper<B> {
         if let Some(pipeline) = self.compression.as_mut() {
             pipeline.commit();
         }
-        let batch_report = match (self.batch.as_mut(), prepared) {
-            (Some(control), Some(prepared)) => Some(control.commit(prepared)),
-            _ => None,
-        };
+        let batch_report = prepared.and_then(|p| self.batch.as_mut().map(|c| c.commit(p)));
         let norms = StepNorms {
             grad_norm,
             clipped_grad_norm,
